@@ -1,0 +1,1 @@
+//! kevent-net: socket storage, network AIO, packet channels.

@@ -1,0 +1,1 @@
+//! kevent-timer: timer wheel, EVFILT_TIMER storage, the 1 kHz tick source.

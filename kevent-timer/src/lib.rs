@@ -1,1 +1,3 @@
 //! kevent-timer: timer wheel, EVFILT_TIMER storage, the 1 kHz tick source.
+
+pub mod wheel;

@@ -1,3 +1,32 @@
-//! kevent-timer: timer wheel, EVFILT_TIMER storage, the 1 kHz tick source.
+//! kevent-timer: the timer side of kevent.
+//!
+//! - [`wheel`]: a hierarchical timer wheel (Varghese & Lauck) with a 1 ms
+//!   tick, O(1) insert and cancel, entries in a slab.
+//! - [`policy`]: periodic schedules on an absolute grid and the
+//!   [`MissedTickPolicy`] each periodic timer follows when ticks are late.
+//! - [`Ticker`]: a 1 kHz (or any rate) tick source that reports its own
+//!   health, and [`stats`]: the accuracy statistics it keeps.
+//!
+//! # Examples
+//!
+//! ```
+//! use kevent_timer::policy::{step, MissedTickPolicy, Schedule};
+//!
+//! // A 1 ms grid from t = 0 (ns); the consumer wakes 3.5 ms in.
+//! let s = Schedule::new(0, 1_000_000)?;
+//! let merged = step(MissedTickPolicy::Merge, s, 3_500_000).unwrap();
+//! assert_eq!(merged.data, 3); // one event standing for 3 ticks
+//! assert_eq!(merged.schedule.next_deadline(), 4_000_000); // still on the grid
+//! # Ok::<(), kevent_timer::policy::ZeroPeriod>(())
+//! ```
 
+pub mod policy;
+pub mod stats;
+mod sys;
+pub mod ticker;
 pub mod wheel;
+
+pub use policy::MissedTickPolicy;
+pub use stats::TickStats;
+pub use ticker::{Health, Tick, Ticker, TickerBuilder, TickerError, WaitMethod};
+pub use wheel::{Key, TickClock, Wheel};

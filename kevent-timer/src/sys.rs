@@ -1,0 +1,220 @@
+//! The one door to the OS for this crate: clocks, timerfd, clock_nanosleep,
+//! timer slack and scheduling policy. Every call turns `-1`/errno (or the
+//! returned error number, for `clock_nanosleep`) into `io::Result`; fds
+//! become `OwnedFd` at once.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// `-1` + errno → `io::Error`.
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn timespec(ns: u64) -> libc::timespec {
+    libc::timespec {
+        // Monotonic ns fit i64 seconds for 292 years of uptime.
+        tv_sec: (ns / NS_PER_SEC) as libc::time_t,
+        tv_nsec: (ns % NS_PER_SEC) as libc::c_long,
+    }
+}
+
+fn ns(ts: &libc::timespec) -> u64 {
+    (ts.tv_sec as u64) * NS_PER_SEC + ts.tv_nsec as u64
+}
+
+/// `CLOCK_MONOTONIC` now, in ns (vDSO: no syscall).
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut ts = timespec(0);
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    debug_assert_eq!(r, 0);
+    ns(&ts)
+}
+
+/// `clock_getres(CLOCK_MONOTONIC)` in ns.
+pub(crate) fn monotonic_resolution_ns() -> io::Result<u64> {
+    let mut ts = timespec(0);
+    // SAFETY: `ts` is a valid, writable timespec.
+    cvt(unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC, &mut ts) })?;
+    Ok(ns(&ts))
+}
+
+/// `prctl(PR_SET_TIMERSLACK, ns)` for the calling thread. `ns = 0` would mean
+/// "back to the default", so the minimum is 1.
+pub(crate) fn set_timer_slack(ns: u64) -> io::Result<()> {
+    // SAFETY: PR_SET_TIMERSLACK takes one unsigned long; no pointers.
+    cvt(unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns.max(1) as libc::c_ulong, 0, 0, 0) })?;
+    Ok(())
+}
+
+/// `prctl(PR_GET_TIMERSLACK)` for the calling thread, in ns.
+pub(crate) fn timer_slack() -> io::Result<u64> {
+    // SAFETY: PR_GET_TIMERSLACK takes no pointer arguments.
+    let r = cvt(unsafe { libc::prctl(libc::PR_GET_TIMERSLACK, 0, 0, 0, 0) })?;
+    Ok(r as u64)
+}
+
+/// Puts the calling thread under `SCHED_FIFO` at `priority`.
+pub(crate) fn set_fifo(priority: i32) -> io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param.
+    cvt(unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) })?;
+    Ok(())
+}
+
+/// `sched_get_priority_min/max(SCHED_FIFO)`.
+pub(crate) fn fifo_priority_range() -> (i32, i32) {
+    // SAFETY: plain integer syscalls.
+    unsafe {
+        (
+            libc::sched_get_priority_min(libc::SCHED_FIFO),
+            libc::sched_get_priority_max(libc::SCHED_FIFO),
+        )
+    }
+}
+
+/// Sleeps until `CLOCK_MONOTONIC` reaches `deadline_ns`. Restarts on EINTR
+/// with the same absolute deadline, so a signal costs no drift.
+pub(crate) fn sleep_until(deadline_ns: u64) -> io::Result<()> {
+    let ts = timespec(deadline_ns);
+    loop {
+        // SAFETY: `ts` is a valid timespec; the remainder pointer may be null
+        // with TIMER_ABSTIME.
+        let r = unsafe {
+            libc::clock_nanosleep(
+                libc::CLOCK_MONOTONIC,
+                libc::TIMER_ABSTIME,
+                &ts,
+                std::ptr::null_mut(),
+            )
+        };
+        match r {
+            0 => return Ok(()),
+            libc::EINTR => continue,
+            e => return Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+}
+
+/// A `CLOCK_MONOTONIC` timerfd.
+#[derive(Debug)]
+pub(crate) struct Timerfd {
+    fd: OwnedFd,
+}
+
+impl Timerfd {
+    pub(crate) fn new() -> io::Result<Self> {
+        // SAFETY: plain syscall; a non-negative result is a new fd we own.
+        let fd = cvt(unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_CLOEXEC) })?;
+        // SAFETY: `fd` was just created and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Timerfd { fd })
+    }
+
+    /// Arms the timer: first expiry at absolute `first_ns`, then every
+    /// `period_ns` (0: one-shot). With `TFD_TIMER_ABSTIME` the kernel keeps
+    /// the grid `first + n·period` itself (hrtimer_forward), so there is no
+    /// drift however late the reads are.
+    pub(crate) fn set_abs(&self, first_ns: u64, period_ns: u64) -> io::Result<()> {
+        let spec = libc::itimerspec {
+            it_interval: timespec(period_ns),
+            // A zero it_value would disarm; an already-past time fires at once.
+            it_value: timespec(first_ns.max(1)),
+        };
+        // SAFETY: valid fd, valid itimerspec, null old value.
+        cvt(unsafe {
+            libc::timerfd_settime(
+                self.fd.as_raw_fd(),
+                libc::TFD_TIMER_ABSTIME,
+                &spec,
+                std::ptr::null_mut(),
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Blocks until the timer has expired at least once; returns the number
+    /// of expirations since the last read. Restarts on EINTR.
+    pub(crate) fn wait(&self) -> io::Result<u64> {
+        let mut buf = [0u8; 8];
+        loop {
+            // SAFETY: `buf` is 8 writable bytes, the size timerfd requires.
+            let r = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if r == 8 {
+                return Ok(u64::from_ne_bytes(buf));
+            }
+            let err = io::Error::last_os_error();
+            if r < 0 && err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(if r < 0 {
+                err
+            } else {
+                io::Error::new(io::ErrorKind::UnexpectedEof, "short timerfd read")
+            });
+        }
+    }
+}
+
+impl AsRawFd for Timerfd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn monotonic_is_monotonic_and_resolution_sane() {
+        let a = monotonic_ns();
+        let b = monotonic_ns();
+        assert!(b >= a);
+        let res = monotonic_resolution_ns().unwrap();
+        assert!((1..=10_000_000).contains(&res), "resolution {res} ns");
+    }
+
+    #[test]
+    fn timer_slack_round_trip() {
+        std::thread::spawn(|| {
+            set_timer_slack(1).unwrap();
+            assert_eq!(timer_slack().unwrap(), 1);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn sleep_until_never_early() {
+        for _ in 0..20 {
+            let deadline = monotonic_ns() + 300_000;
+            sleep_until(deadline).unwrap();
+            assert!(monotonic_ns() >= deadline);
+        }
+        // A past deadline returns at once.
+        sleep_until(1).unwrap();
+    }
+
+    #[test]
+    fn timerfd_periodic_counts_and_never_early() {
+        let t = Timerfd::new().unwrap();
+        let start = monotonic_ns();
+        let period = 1_000_000;
+        t.set_abs(start + period, period).unwrap();
+        let mut seen = 0;
+        while seen < 5 {
+            seen += t.wait().unwrap();
+            assert!(monotonic_ns() >= start + seen * period, "early expiry");
+        }
+    }
+}

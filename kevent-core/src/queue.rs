@@ -1,0 +1,822 @@
+//! The queue: changelist, ready list, collection, and waiting threads.
+//!
+//! # Ground rules
+//!
+//! - All knote state (the slab, the index, the ready list, every storage)
+//!   lives in one `Mutex<State>`. A `kevent()` call holds it except while
+//!   it blocks in the backend.
+//! - At most one thread blocks in the backend at a time: the *leader*
+//!   (`State::polling`). Other waiting threads are *followers* parked on the
+//!   condvar. When the leader returns from the backend it publishes what it
+//!   harvested to the ready list and, if followers wait, wakes one, which
+//!   either collects the leftovers or becomes the next leader.
+//! - Collection pops entries under the lock, so a `ONESHOT`, `DISPATCH` or
+//!   `CLEAR` event reaches exactly one thread.
+//! - A change that makes a knote ready while another thread waits wakes it:
+//!   a follower through the condvar, the leader through the backend's
+//!   waker.
+
+use crate::event::{Filter, Flags, Kevent};
+use crate::knote::{Knote, KnoteId, ACTIVE, DISABLED, QUEUED};
+use crate::storage::{self, Context, Core, Errno, Storage, PAYLOAD_BITS, PAYLOAD_MASK};
+use crate::sys::{self, OsEvent, Sys};
+use parking_lot::{Condvar, Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Which kernel interface drives a queue.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// io_uring where it works, else epoll (the reason is logged once).
+    /// `KEVENT_BACKEND=epoll|uring` in the environment forces one.
+    Auto,
+    /// epoll, edge-triggered.
+    Epoll,
+    /// io_uring.
+    IoUring,
+}
+
+impl Backend {
+    /// The backend `KEVENT_BACKEND` asks for, if set: `Ok(None)` when unset,
+    /// an `InvalidInput` error for an unknown value.
+    pub fn from_env() -> io::Result<Option<Backend>> {
+        match std::env::var("KEVENT_BACKEND") {
+            Err(_) => Ok(None),
+            Ok(v) => match v.as_str() {
+                "" | "auto" => Ok(None),
+                "epoll" => Ok(Some(Backend::Epoll)),
+                "uring" | "io_uring" | "iouring" => Ok(Some(Backend::IoUring)),
+                other => Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("KEVENT_BACKEND={other:?}: expected epoll or uring"),
+                )),
+            },
+        }
+    }
+}
+
+/// Fast hasher for `(ident, filter)` keys (one multiply; keys are not
+/// attacker-chosen beyond the process's own fds and ids).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b as u64);
+        }
+    }
+    #[inline]
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    #[inline]
+    fn write_i16(&mut self, v: i16) {
+        self.write_u64(v as u16 as u64)
+    }
+}
+
+pub(crate) type Index = HashMap<(u64, i16), u32, BuildHasherDefault<KeyHasher>>;
+
+struct State {
+    core: Core,
+    index: Index,
+    storages: Vec<Box<dyn Storage>>,
+    by_filter: [u8; 16],
+    /// Storages that may report a deadline.
+    timed: Vec<u8>,
+    polling: bool,
+    followers: u32,
+    /// `kevent()` calls so far; a level knote is reported once per call.
+    calls: u64,
+    closed: bool,
+    os_buf: Vec<OsEvent>,
+}
+
+/// A kqueue: one queue for every kind of event, with FreeBSD `kevent(2)`
+/// semantics.
+///
+/// ```
+/// use kevent_core::{Kqueue, Kevent, Filter, Flags, note};
+/// use std::time::Duration;
+///
+/// let kq = Kqueue::new()?;
+/// let mut out = [Kevent::default(); 4];
+/// // Register a user event and trigger it in the same call.
+/// let n = kq.kevent(
+///     &[Kevent::new(42, Filter::User, Flags::ADD | Flags::CLEAR, note::TRIGGER, 0, 7)],
+///     &mut out,
+///     Some(Duration::from_secs(1)),
+/// )?;
+/// assert_eq!(n, 1);
+/// assert_eq!((out[0].ident, out[0].udata), (42, 7));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct Kqueue {
+    state: Mutex<State>,
+    cond: Condvar,
+    sys: Sys,
+    backend: Backend,
+    exposed: OnceLock<Exposed>,
+}
+
+/// The pollable face of a queue, made on first use of `as_fd()`: an epoll
+/// fd watching the backend's fd and an eventfd kept readable while the
+/// ready list is not empty.
+#[derive(Debug)]
+struct Exposed {
+    ep: OwnedFd,
+    pending: OwnedFd,
+    signalled: std::sync::atomic::AtomicBool,
+}
+
+impl fmt::Debug for Kqueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Kqueue")
+            .field("backend", &self.backend)
+            .field("fd", &self.sys.pollable())
+            .finish_non_exhaustive()
+    }
+}
+
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<Kqueue>();
+}
+
+const CHANGE_FLAGS: Flags = Flags::ADD
+    .union(Flags::DELETE)
+    .union(Flags::ENABLE)
+    .union(Flags::DISABLE)
+    .union(Flags::ERROR)
+    .union(Flags::EOF);
+
+impl Kqueue {
+    /// A queue on the best backend this machine supports ([`Backend::Auto`]).
+    ///
+    /// # Errors
+    /// Whatever creating the backend's fds fails with (`EMFILE`, `ENOMEM`).
+    pub fn new() -> io::Result<Kqueue> {
+        Kqueue::with_backend(Backend::Auto)
+    }
+
+    /// A queue on the given backend. `Auto` honours `KEVENT_BACKEND`.
+    ///
+    /// # Errors
+    /// `Unsupported` if `IoUring` is asked for and cannot work here (never a
+    /// silent fallback); `InvalidInput` for a bad `KEVENT_BACKEND`; else the
+    /// OS error from creating the backend.
+    pub fn with_backend(backend: Backend) -> io::Result<Kqueue> {
+        Kqueue::builder(backend)?.build()
+    }
+
+    /// A builder, to add storages from other crates before the queue runs.
+    ///
+    /// # Errors
+    /// As [`Kqueue::with_backend`].
+    pub fn builder(backend: Backend) -> io::Result<Builder> {
+        let chosen = match backend {
+            Backend::Auto => Backend::from_env()?.unwrap_or(Backend::Auto),
+            b => b,
+        };
+        let (sys, used) = match chosen {
+            Backend::Epoll | Backend::Auto => {
+                (Sys::Epoll(sys::epoll::Epoll::new()?), Backend::Epoll)
+            }
+            Backend::IoUring => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "the io_uring backend is not built yet",
+                ))
+            }
+        };
+        let mut b = Builder {
+            sys,
+            backend: used,
+            storages: Vec::new(),
+        };
+        b = b
+            .storage(Box::new(storage::fd::FdStorage::default()))
+            .storage(Box::new(storage::user::UserStorage))
+            .storage(Box::new(storage::signal::SignalStorage::default()))
+            .storage(Box::new(storage::proc_::ProcStorage::default()))
+            .storage(Box::new(storage::vnode::VnodeStorage::default()));
+        Ok(b)
+    }
+
+    /// The backend actually in use.
+    #[inline]
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// FreeBSD `kevent(2)`: apply every change in order, then return up to
+    /// `events.len()` ready events. `timeout`: `None` waits until at least
+    /// one event, `Some(ZERO)` polls.
+    ///
+    /// A change that fails, or any change with `RECEIPT`, produces an entry
+    /// in `events` with `ERROR` set and `data` = errno (0 for a successful
+    /// receipt); if any such entry was written the call returns at once
+    /// with just those entries. If a change fails and no room is left for
+    /// its entry, the call fails with that errno (later changes are not
+    /// applied).
+    ///
+    /// # Errors
+    /// A change's errno as above; `EINTR` if a signal interrupted the wait
+    /// before any event was collected (FreeBSD's behaviour); `EBADF` once
+    /// the queue is closed.
+    pub fn kevent(
+        &self,
+        changes: &[Kevent],
+        events: &mut [Kevent],
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        self.kevent_min(changes, events, 1, timeout)
+    }
+
+    /// As [`Kqueue::kevent`], but wait until at least `min` events are ready
+    /// (capped at `events.len()`), or until the timeout, returning what
+    /// there is then (the 2006 kevent "wake me when 10 timers fired or 1 s
+    /// passed"). `min` of 0 behaves as 1.
+    ///
+    /// # Errors
+    /// As [`Kqueue::kevent`].
+    pub fn kevent_min(
+        &self,
+        changes: &[Kevent],
+        events: &mut [Kevent],
+        min: usize,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        st.core.call_round = st.core.round;
+        let mut nerr = 0usize;
+        for ch in changes {
+            let res = self.apply(&mut st, ch);
+            if res.is_err() || ch.flags.contains(Flags::RECEIPT) {
+                let errno = res.err().unwrap_or(0);
+                if nerr == events.len() {
+                    if errno != 0 {
+                        self.after_changes(&mut st, true);
+                        return Err(io::Error::from_raw_os_error(errno));
+                    }
+                    continue;
+                }
+                let mut e = *ch;
+                e.flags = Flags::ERROR;
+                e.data = errno as i64;
+                events[nerr] = e;
+                nerr += 1;
+            }
+        }
+        if nerr > 0 || events.is_empty() {
+            self.after_changes(&mut st, true);
+            return Ok(nerr);
+        }
+        self.after_changes(&mut st, false);
+        let need = min.clamp(1, events.len());
+        let deadline = match timeout {
+            Some(t) if !t.is_zero() => Instant::now().checked_add(t),
+            _ => None,
+        };
+        let poll_only = timeout == Some(Duration::ZERO);
+        st.calls += 1;
+        let call = st.calls;
+        let mut got = 0;
+        let mut harvested = false;
+        let result = loop {
+            // Take OS events when the ready list alone cannot fill the
+            // buffer; block only when it is empty and more are needed.
+            let room = events.len() - got;
+            if !harvested && st.core.ready.count < room && !st.polling {
+                if let Err(e) = self.harvest(&mut st, Some(Duration::ZERO)) {
+                    break Err(e);
+                }
+                harvested = true;
+            }
+            let (n, held) = self.scan(&mut st, &mut events[got..], call);
+            got += n;
+            if got >= need || got == events.len() || st.closed {
+                break Ok(got);
+            }
+            let remaining = match deadline {
+                None if poll_only => break Ok(got),
+                None => None,
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(r) if !r.is_zero() => Some(r),
+                    _ => break Ok(got),
+                },
+            };
+            if st.core.ready.count > held {
+                continue;
+            }
+            if st.polling {
+                st.followers += 1;
+                match deadline {
+                    Some(d) => {
+                        self.cond.wait_until(&mut st, d);
+                    }
+                    None => self.cond.wait(&mut st),
+                }
+                st.followers -= 1;
+            } else if let Err(e) = self.harvest(&mut st, remaining) {
+                if got > 0 && e.kind() == io::ErrorKind::Interrupted {
+                    break Ok(got);
+                }
+                break Err(e);
+            }
+            harvested = true;
+        };
+        if st.closed && got == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        if st.followers > 0 && (st.core.ready.count > 0 || !st.polling) {
+            self.cond.notify_one();
+        }
+        self.sync_exposed(&st);
+        result
+    }
+
+    /// Close the queue: every thread waiting in it wakes and later calls
+    /// fail with `EBADF`. Registered knotes are dropped with the queue.
+    pub fn close(&self) {
+        let mut st = self.state.lock();
+        st.closed = true;
+        self.cond.notify_all();
+        if st.polling {
+            let _ = self.sys.wake();
+        }
+    }
+
+    /// Activate the `USER` knote `ident` as a `NOTE_TRIGGER` change would,
+    /// without building a changelist. Wakes a waiting thread.
+    ///
+    /// # Errors
+    /// `ENOENT` if there is no such USER knote.
+    pub fn trigger(&self, ident: u64) -> io::Result<()> {
+        let ch = Kevent::new(
+            ident,
+            Filter::User,
+            Flags::empty(),
+            crate::note::TRIGGER,
+            0,
+            0,
+        );
+        let mut st = self.state.lock();
+        let key = st.index.get(&(ident, Filter::User.raw())).copied();
+        let Some(key) = key else {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        };
+        let udata = st.core.knotes[key as usize].udata;
+        self.apply(&mut st, &Kevent { udata, ..ch })
+            .map_err(io::Error::from_raw_os_error)?;
+        self.after_changes(&mut st, true);
+        Ok(())
+    }
+
+    /// Apply one change. Returns the errno on failure.
+    fn apply(&self, st: &mut State, ch: &Kevent) -> Result<(), Errno> {
+        let sidx = st.by_filter[ch.filter.slot()];
+        if sidx == u8::MAX {
+            return Err(libc::EINVAL);
+        }
+        let State {
+            core,
+            index,
+            storages,
+            ..
+        } = st;
+        let storage = &mut storages[sidx as usize];
+        let mut cx = Context {
+            core,
+            sys: &self.sys,
+            storage: sidx,
+            index,
+        };
+        storage.resolve(&mut cx, ch)?;
+        let existing = cx.index.get(&(ch.ident, ch.filter.raw())).copied();
+        let id = match existing {
+            None => {
+                if !ch.flags.contains(Flags::ADD) {
+                    return Err(libc::ENOENT);
+                }
+                let gen = cx.core.next_gen;
+                cx.core.next_gen = gen.wrapping_add(1);
+                let mut status = 0;
+                if ch.flags.contains(Flags::DISABLE) {
+                    status |= DISABLED;
+                }
+                let key = cx.core.knotes.insert(Knote {
+                    ident: ch.ident,
+                    filter: ch.filter,
+                    flags: ch.flags.difference(CHANGE_FLAGS),
+                    sfflags: ch.fflags,
+                    sdata: ch.data,
+                    udata: ch.udata,
+                    fflags: 0,
+                    data: 0,
+                    status,
+                    storage: sidx,
+                    gen,
+                    seq: 0,
+                    fresh_round: 0,
+                    hint: 0,
+                    hook: 0,
+                    hook2: 0,
+                    delivered_in: 0,
+                });
+                if key > u32::MAX as usize {
+                    cx.core.knotes.remove(key);
+                    return Err(libc::ENOMEM);
+                }
+                let id = KnoteId {
+                    key: key as u32,
+                    gen,
+                };
+                cx.index.insert((ch.ident, ch.filter.raw()), key as u32);
+                if let Err(e) = storage.attach(&mut cx, id) {
+                    cx.drop_knote(id);
+                    return Err(e);
+                }
+                id
+            }
+            Some(key) => {
+                let id = KnoteId {
+                    key,
+                    gen: cx.core.knotes[key as usize].gen,
+                };
+                if ch.flags.contains(Flags::DELETE) {
+                    storage.detach(&mut cx, id);
+                    cx.drop_knote(id);
+                    return Ok(());
+                }
+                cx.core.knotes[key as usize].udata = ch.udata;
+                storage.modify(&mut cx, id, ch)?;
+                id
+            }
+        };
+        let core = &mut *cx.core;
+        let k = &mut core.knotes[id.key as usize];
+        if ch.flags.contains(Flags::DISABLE) {
+            k.status |= DISABLED;
+            core.ready.remove(k);
+        }
+        if ch.flags.contains(Flags::ENABLE) && k.status & DISABLED != 0 {
+            k.status &= !DISABLED;
+            if k.status & (ACTIVE | QUEUED) == ACTIVE {
+                core.ready.push(k, id.key);
+            }
+        }
+        Ok(())
+    }
+
+    /// After changes: wake a waiting thread if a change made something
+    /// ready that this thread will not collect itself.
+    fn after_changes(&self, st: &mut State, returning: bool) {
+        if returning {
+            if st.core.ready.count > 0 {
+                if st.followers > 0 {
+                    self.cond.notify_one();
+                } else if st.polling {
+                    let _ = self.sys.wake();
+                }
+            }
+            self.sync_exposed(st);
+        }
+    }
+
+    /// One round of OS events: wait (without the lock unless polling), then
+    /// hand each event to its storage and run due deadlines.
+    fn harvest(&self, st: &mut MutexGuard<'_, State>, timeout: Option<Duration>) -> io::Result<()> {
+        let mut timeout = timeout;
+        let mut now = None;
+        if !st.timed.is_empty() {
+            let earliest = st
+                .timed
+                .iter()
+                .filter_map(|&i| st.storages[i as usize].deadline())
+                .min();
+            if let Some(d) = earliest {
+                let n = Instant::now();
+                now = Some(n);
+                let until = d.saturating_duration_since(n);
+                timeout = Some(timeout.map_or(until, |t| t.min(until)));
+            }
+        }
+        let mut buf = std::mem::take(&mut st.os_buf);
+        let res = if timeout == Some(Duration::ZERO) {
+            self.sys.wait(&mut buf, timeout)
+        } else {
+            st.polling = true;
+            let r = MutexGuard::unlocked(st, || self.sys.wait(&mut buf, timeout));
+            st.polling = false;
+            now = None;
+            r
+        };
+        let st = &mut **st;
+        st.core.round += 1;
+        for ev in buf.drain(..) {
+            let idx = (ev.token >> PAYLOAD_BITS) as usize;
+            if idx == 0 || idx > st.storages.len() {
+                continue;
+            }
+            let mut cx = Context {
+                core: &mut st.core,
+                sys: &self.sys,
+                storage: (idx - 1) as u8,
+                index: &mut st.index,
+            };
+            st.storages[idx - 1].os_event(&mut cx, ev.token & PAYLOAD_MASK, ev.ready);
+        }
+        st.os_buf = buf;
+        if !st.timed.is_empty() {
+            let now = now.unwrap_or_else(Instant::now);
+            for i in 0..st.timed.len() {
+                let s = st.timed[i];
+                if st.storages[s as usize].deadline().is_some_and(|d| d <= now) {
+                    let mut cx = Context {
+                        core: &mut st.core,
+                        sys: &self.sys,
+                        storage: s,
+                        index: &mut st.index,
+                    };
+                    st.storages[s as usize].expire(&mut cx, now);
+                }
+            }
+        }
+        if st.followers > 0 {
+            self.cond.notify_one();
+        }
+        res
+    }
+
+    /// Collect up to `out.len()` events from the ready list, applying each
+    /// knote's mode. Visits each entry present at the start at most once;
+    /// a level knote already reported in call `call` stays queued but is
+    /// not reported again (FreeBSD's scan marker). Returns (events, level
+    /// knotes held back or requeued).
+    fn scan(&self, st: &mut State, out: &mut [Kevent], call: u64) -> (usize, usize) {
+        let mut n = 0;
+        let mut held = 0;
+        let mut budget = st.core.ready.raw_len();
+        while n < out.len() && budget > 0 {
+            budget -= 1;
+            let Some((key, seq)) = st.core.ready.pop_raw() else {
+                break;
+            };
+            let Some(k) = st.core.knotes.get_mut(key as usize) else {
+                continue;
+            };
+            if k.status & QUEUED == 0 || k.seq != seq {
+                continue;
+            }
+            if k.delivered_in == call {
+                st.core.ready.requeue(k, key);
+                held += 1;
+                continue;
+            }
+            k.status &= !QUEUED;
+            st.core.ready.count -= 1;
+            let id = KnoteId { key, gen: k.gen };
+            let sidx = k.storage;
+            let mut ev = k.to_event();
+            let mut cx = Context {
+                core: &mut st.core,
+                sys: &self.sys,
+                storage: sidx,
+                index: &mut st.index,
+            };
+            let storage = &mut st.storages[sidx as usize];
+            if !storage.event(&mut cx, id, &mut ev) {
+                cx.core.knotes[key as usize].status &= !ACTIVE;
+                continue;
+            }
+            out[n] = ev;
+            n += 1;
+            let k = &mut cx.core.knotes[key as usize];
+            k.delivered_in = call;
+            let flags = k.flags;
+            if flags.contains(Flags::ONESHOT) {
+                storage.detach(&mut cx, id);
+                cx.drop_knote(id);
+            } else if flags.intersects(Flags::CLEAR | Flags::DISPATCH) {
+                if flags.contains(Flags::CLEAR) {
+                    k.data = 0;
+                    k.fflags = 0;
+                }
+                if flags.contains(Flags::DISPATCH) {
+                    k.status |= DISABLED;
+                }
+                k.status &= !ACTIVE;
+                if flags.contains(Flags::CLEAR) {
+                    storage.clear(&mut cx, id);
+                }
+            } else {
+                // Level: stays queued; re-checked before the next delivery.
+                cx.core.ready.push(k, key);
+                held += 1;
+            }
+        }
+        (n, held)
+    }
+
+    fn sync_exposed(&self, st: &State) {
+        use std::sync::atomic::Ordering;
+        let Some(x) = self.exposed.get() else { return };
+        let want = st.core.ready.count > 0 || st.closed;
+        if want != x.signalled.load(Ordering::Relaxed) {
+            x.signalled.store(want, Ordering::Relaxed);
+            let _ = if want {
+                sys::eventfd_signal(x.pending.as_raw_fd())
+            } else {
+                sys::eventfd_drain(x.pending.as_raw_fd())
+            };
+        }
+    }
+
+    fn exposed(&self) -> &Exposed {
+        self.exposed.get_or_init(|| {
+            let make = || -> io::Result<Exposed> {
+                let ep = sys::syscall!(epoll_create1(libc::EPOLL_CLOEXEC))?;
+                // SAFETY: `ep` was just created and is owned by no one else.
+                let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+                let pending = sys::eventfd()?;
+                for fd in [self.sys.pollable(), pending.as_raw_fd()] {
+                    let mut ev = libc::epoll_event {
+                        events: libc::EPOLLIN as u32,
+                        u64: fd as u64,
+                    };
+                    sys::syscall!(epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev))?;
+                }
+                Ok(Exposed {
+                    ep,
+                    pending,
+                    signalled: std::sync::atomic::AtomicBool::new(false),
+                })
+            };
+            match make() {
+                Ok(x) => x,
+                Err(e) => {
+                    // Fall back to the backend's own fd: readable for OS
+                    // events, though not for knotes queued in user space.
+                    log::warn!(
+                        "kevent: cannot build the queue's pollable fd ({e}); using the backend fd"
+                    );
+                    // SAFETY: dup of a live fd we own.
+                    let dup = unsafe { libc::fcntl(self.sys.pollable(), libc::F_DUPFD_CLOEXEC, 0) };
+                    // SAFETY: `dup` is a fresh fd (or -1, checked by OwnedFd's
+                    // invariant below: -1 is never passed).
+                    let ep = unsafe {
+                        OwnedFd::from_raw_fd(if dup < 0 { self.sys.pollable() } else { dup })
+                    };
+                    let pending = sys::eventfd().expect("eventfd");
+                    Exposed {
+                        ep,
+                        pending,
+                        signalled: std::sync::atomic::AtomicBool::new(false),
+                    }
+                }
+            }
+        })
+    }
+}
+
+impl AsFd for Kqueue {
+    /// An fd readable while events are pending (the ready list is not
+    /// empty or the backend has events), so a queue nests in another queue
+    /// (`Filter::Read`), in epoll, or in tokio's `AsyncFd`. Made on first
+    /// use; until then a queue pays nothing for it.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        let x = self.exposed();
+        {
+            let st = self.state.lock();
+            self.sync_exposed(&st);
+        }
+        x.ep.as_fd()
+    }
+}
+
+impl AsRawFd for Kqueue {
+    fn as_raw_fd(&self) -> RawFd {
+        self.as_fd().as_raw_fd()
+    }
+}
+
+impl Drop for Kqueue {
+    fn drop(&mut self) {
+        let st = self.state.get_mut();
+        let State {
+            core,
+            index,
+            storages,
+            ..
+        } = st;
+        let ids: Vec<(u8, KnoteId)> = core
+            .knotes
+            .iter()
+            .map(|(key, k)| {
+                (
+                    k.storage,
+                    KnoteId {
+                        key: key as u32,
+                        gen: k.gen,
+                    },
+                )
+            })
+            .collect();
+        for (sidx, id) in ids {
+            let mut cx = Context {
+                core,
+                sys: &self.sys,
+                storage: sidx,
+                index,
+            };
+            storages[sidx as usize].detach(&mut cx, id);
+        }
+    }
+}
+
+/// Builds a [`Kqueue`] with extra storages (timers, network AIO, channels).
+pub struct Builder {
+    sys: Sys,
+    backend: Backend,
+    storages: Vec<Box<dyn Storage>>,
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("backend", &self.backend)
+            .field("storages", &self.storages)
+            .finish()
+    }
+}
+
+impl Builder {
+    /// Add a storage. A later storage for a filter replaces an earlier one.
+    #[must_use]
+    pub fn storage(mut self, s: Box<dyn Storage>) -> Builder {
+        self.storages.push(s);
+        self
+    }
+
+    /// The backend the queue will use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Build the queue.
+    ///
+    /// # Errors
+    /// `InvalidInput` if more than 254 storages were added.
+    pub fn build(self) -> io::Result<Kqueue> {
+        if self.storages.len() > 254 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "too many storages",
+            ));
+        }
+        let mut by_filter = [u8::MAX; 16];
+        let mut timed = Vec::new();
+        for (i, s) in self.storages.iter().enumerate() {
+            for f in s.filters() {
+                by_filter[f.slot()] = i as u8;
+            }
+            if s.timed() {
+                timed.push(i as u8);
+            }
+        }
+        Ok(Kqueue {
+            state: Mutex::new(State {
+                core: Core::default(),
+                index: Index::default(),
+                storages: self.storages,
+                by_filter,
+                timed,
+                polling: false,
+                followers: 0,
+                calls: 0,
+                closed: false,
+                os_buf: Vec::with_capacity(256),
+            }),
+            cond: Condvar::new(),
+            sys: self.sys,
+            backend: self.backend,
+            exposed: OnceLock::new(),
+        })
+    }
+}

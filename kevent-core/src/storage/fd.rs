@@ -1,0 +1,408 @@
+//! READ and WRITE on file descriptors.
+//!
+//! One backend registration per fd (edge-triggered, both directions), with
+//! up to two knotes on it (READ, WRITE), each with its own mode. The
+//! kernel's edge activates the knotes; at collection the knote is
+//! re-checked and its `data` computed:
+//!
+//! | kind | READ `data` | WRITE `data` |
+//! |---|---|---|
+//! | pipe / FIFO | bytes in the pipe (`FIONREAD`) | pipe size − bytes in it |
+//! | stream or datagram socket | bytes readable (`FIONREAD`; for UDP Linux reports the next datagram's size) | send buffer − queued (`SIOCOUTQ`) |
+//! | listening TCP socket | accept backlog length (`TCP_INFO.tcpi_unacked`) | — |
+//! | tty / char device | `FIONREAD` | 1 when writable |
+//! | regular file, directory | bytes from offset to EOF (may be negative) | 0, always writable |
+//! | eventfd, timerfd, a queue, other | 1 when readable | 1 when writable |
+//!
+//! A regular file's READ fires only while the offset is not at EOF, as on
+//! FreeBSD (`note::FILE_POLL` makes it fire unconditionally, as `poll(2)`).
+//!
+//! **Close and reuse.** Linux drops a closed fd from epoll silently. Each
+//! fd entry remembers the file's `(st_dev, st_ino)`; a change for the fd
+//! whose file differs drops the stale knotes first (so `ADD` starts clean),
+//! and a knote re-checked without a fresh kernel event verifies the
+//! identity before reporting, so a reused number never yields a stale
+//! event.
+//!
+//! **Epoll caveat.** Activity in one direction re-reports the other on the
+//! same fd (epoll reports the whole readiness mask with each edge). A
+//! `CLEAR` knote whose condition still holds may then be delivered again
+//! without new activity in its own direction. The io_uring backend arms a
+//! poll per knote and has no such cross-talk.
+
+use super::{Context, Errno, Storage};
+use crate::event::{note, Filter, Flags, Kevent};
+use crate::knote::KnoteId;
+use crate::sys::{self, Interest, Readiness};
+use std::os::fd::RawFd;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Pipe,
+    Socket,
+    TcpListener,
+    Listener,
+    Tty,
+    Regular,
+    Other,
+}
+
+#[derive(Debug)]
+struct FdEntry {
+    gen: u32,
+    dev: u64,
+    ino: u64,
+    kind: Kind,
+    read: Option<KnoteId>,
+    write: Option<KnoteId>,
+    registered: bool,
+    eof_rd: bool,
+    eof_wr: bool,
+    /// Pending socket error seen with `EPOLLERR`.
+    err: bool,
+    /// Cached send buffer or pipe size (0 = not fetched yet).
+    cap: i32,
+    fionread_ok: bool,
+}
+
+/// The READ/WRITE storage.
+#[derive(Debug, Default)]
+pub(crate) struct FdStorage {
+    fds: Vec<Option<FdEntry>>,
+    next_gen: u32,
+    /// `fstat` of the fd named by the change being resolved.
+    last: Option<(RawFd, u64, u64, u32)>,
+}
+
+fn fd_of(ident: u64) -> Result<RawFd, Errno> {
+    if ident > i32::MAX as u64 {
+        Err(libc::EBADF)
+    } else {
+        Ok(ident as RawFd)
+    }
+}
+
+fn poll_one(fd: RawFd) -> Readiness {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP,
+        revents: 0,
+    };
+    match sys::syscall!(poll(&mut p, 1, 0)) {
+        Ok(_) if p.revents & libc::POLLNVAL == 0 => Readiness::from_poll(p.revents),
+        _ => Readiness(0),
+    }
+}
+
+fn classify(fd: RawFd, mode: u32) -> Kind {
+    match mode & libc::S_IFMT {
+        libc::S_IFIFO => Kind::Pipe,
+        libc::S_IFREG | libc::S_IFDIR => Kind::Regular,
+        libc::S_IFCHR => Kind::Tty,
+        libc::S_IFSOCK => {
+            if sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).unwrap_or(0) != 0 {
+                let proto =
+                    sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL).unwrap_or(0);
+                if proto == libc::IPPROTO_TCP {
+                    Kind::TcpListener
+                } else {
+                    Kind::Listener
+                }
+            } else {
+                Kind::Socket
+            }
+        }
+        _ => Kind::Other,
+    }
+}
+
+/// Current accept backlog of a listening TCP socket.
+fn listen_backlog(fd: RawFd) -> Option<i64> {
+    // SAFETY: all-zero is a valid `tcp_info`.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    sys::syscall!(getsockopt(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_INFO,
+        (&mut info as *mut libc::tcp_info).cast(),
+        &mut len
+    ))
+    .ok()?;
+    // For a socket in LISTEN, Linux reports the accept queue length in
+    // tcpi_unacked (and its limit in tcpi_sacked).
+    Some(info.tcpi_unacked as i64)
+}
+
+impl FdStorage {
+    fn entry(&mut self, fd: RawFd) -> Option<&mut FdEntry> {
+        self.fds.get_mut(fd as usize).and_then(|e| e.as_mut())
+    }
+
+    /// Drop an entry's knotes without callbacks (the file behind it is gone).
+    fn drop_entry(&mut self, cx: &mut Context<'_>, fd: RawFd) {
+        if let Some(e) = self.fds.get_mut(fd as usize).and_then(|e| e.take()) {
+            for id in [e.read, e.write].into_iter().flatten() {
+                cx.drop_knote(id);
+            }
+        }
+    }
+
+    fn lowat(cx: &Context<'_>, id: KnoteId) -> i64 {
+        let k = cx.knote(id);
+        if k.sfflags() & note::LOWAT != 0 && k.sdata() > 0 {
+            k.sdata()
+        } else {
+            1
+        }
+    }
+}
+
+impl Storage for FdStorage {
+    fn filters(&self) -> &'static [Filter] {
+        &[Filter::Read, Filter::Write]
+    }
+
+    fn resolve(&mut self, cx: &mut Context<'_>, ch: &Kevent) -> Result<(), Errno> {
+        let fd = fd_of(ch.ident)?;
+        let st = match sys::fstat(fd) {
+            Ok(st) => st,
+            Err(_) => {
+                // Closed: whatever we had for this number is stale.
+                self.drop_entry(cx, fd);
+                return Err(libc::EBADF);
+            }
+        };
+        let (dev, ino) = (st.st_dev, st.st_ino);
+        if self.entry(fd).is_some_and(|e| e.dev != dev || e.ino != ino) {
+            self.drop_entry(cx, fd);
+        }
+        self.last = Some((fd, dev, ino, st.st_mode));
+        Ok(())
+    }
+
+    fn attach(&mut self, cx: &mut Context<'_>, id: KnoteId) -> Result<(), Errno> {
+        let k = cx.knote(id);
+        let fd = fd_of(k.ident())?;
+        let is_read = k.filter() == Filter::Read;
+        let Some((lfd, dev, ino, mode)) = self.last.take().filter(|l| l.0 == fd) else {
+            return Err(libc::EBADF);
+        };
+        debug_assert_eq!(lfd, fd);
+        if self.fds.len() <= fd as usize {
+            self.fds.resize_with(fd as usize + 1, || None);
+        }
+        if self.fds[fd as usize].is_none() {
+            let kind = classify(fd, mode);
+            self.next_gen = self.next_gen.wrapping_add(1) & 0x00ff_ffff;
+            self.fds[fd as usize] = Some(FdEntry {
+                gen: self.next_gen,
+                dev,
+                ino,
+                kind,
+                read: None,
+                write: None,
+                registered: false,
+                eof_rd: false,
+                eof_wr: false,
+                err: false,
+                cap: 0,
+                fionread_ok: true,
+            });
+        }
+        let e = self.fds[fd as usize].as_mut().expect("entry just made");
+        if is_read {
+            e.read = Some(id);
+        } else {
+            e.write = Some(id);
+        }
+        if e.kind == Kind::Regular {
+            cx.activate(id);
+            return Ok(());
+        }
+        if !e.registered {
+            let payload = (e.gen as u64) << 32 | fd as u32 as u64;
+            if let Err(err) = cx.watch_fd(fd, Interest::Both, payload) {
+                if is_read {
+                    e.read = None;
+                } else {
+                    e.write = None;
+                }
+                if e.read.is_none() && e.write.is_none() {
+                    self.fds[fd as usize] = None;
+                }
+                return Err(err.raw_os_error().unwrap_or(libc::EINVAL));
+            }
+            e.registered = true;
+            // The registration's first edge reports current readiness.
+        } else {
+            // Already registered: no new edge will come, so check now.
+            cx.activate(id);
+        }
+        Ok(())
+    }
+
+    fn modify(&mut self, cx: &mut Context<'_>, id: KnoteId, ch: &Kevent) -> Result<(), Errno> {
+        let k = cx.knote_mut(id);
+        k.set_sfflags(ch.fflags);
+        k.sdata = ch.data;
+        // FreeBSD re-evaluates the filter after a change.
+        cx.activate(id);
+        Ok(())
+    }
+
+    fn detach(&mut self, cx: &mut Context<'_>, id: KnoteId) {
+        let k = cx.knote(id);
+        let Ok(fd) = fd_of(k.ident()) else { return };
+        let is_read = k.filter() == Filter::Read;
+        let Some(e) = self.entry(fd) else { return };
+        if is_read && e.read == Some(id) {
+            e.read = None;
+        } else if !is_read && e.write == Some(id) {
+            e.write = None;
+        } else {
+            return;
+        }
+        if e.read.is_none() && e.write.is_none() {
+            if e.registered {
+                let _ = cx.unwatch_fd(fd);
+            }
+            self.fds[fd as usize] = None;
+        }
+    }
+
+    fn os_event(&mut self, cx: &mut Context<'_>, payload: u64, ready: Readiness) {
+        let fd = payload as u32 as RawFd;
+        let gen = (payload >> 32) as u32;
+        let Some(e) = self.entry(fd) else { return };
+        if e.gen != gen {
+            return;
+        }
+        if ready.any(Readiness::RDHUP | Readiness::HUP) {
+            e.eof_rd = true;
+        }
+        if ready.any(Readiness::HUP | Readiness::ERROR) {
+            e.eof_wr = true;
+        }
+        if ready.any(Readiness::ERROR) {
+            e.err = true;
+        }
+        let (r, w) = (e.read, e.write);
+        if let Some(id) = r {
+            if ready.any(Readiness::READABLE | Readiness::RDHUP | Readiness::HUP | Readiness::ERROR)
+            {
+                cx.activate_with(id, ready);
+            }
+        }
+        if let Some(id) = w {
+            if ready.any(Readiness::WRITABLE | Readiness::HUP | Readiness::ERROR) {
+                cx.activate_with(id, ready);
+            }
+        }
+    }
+
+    fn event(&mut self, cx: &mut Context<'_>, id: KnoteId, out: &mut Kevent) -> bool {
+        let fresh = cx.is_fresh(id);
+        let lowat = Self::lowat(cx, id);
+        let k = cx.knote(id);
+        *out = k.to_event();
+        let hint = Readiness(k.hint());
+        let is_read = k.filter() == Filter::Read;
+        let file_poll = k.sfflags() & note::FILE_POLL != 0;
+        let Ok(fd) = fd_of(k.ident()) else {
+            return false;
+        };
+        let Some(e) = self.entry(fd) else {
+            return false;
+        };
+        if !fresh {
+            // Without a fresh kernel event the fd may have been closed and
+            // its number reused since the knote was queued.
+            match sys::fstat(fd) {
+                Ok(st) if st.st_dev == e.dev && st.st_ino == e.ino => {}
+                _ => return false,
+            }
+        }
+        let kind = e.kind;
+        let (active, data, eof) = if is_read {
+            match kind {
+                Kind::Regular => {
+                    let size = sys::fstat(fd).map(|s| s.st_size).unwrap_or(0);
+                    // SAFETY: lseek with SEEK_CUR and offset 0 only reads
+                    // the file offset.
+                    let off = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
+                    let data = size - off.max(0);
+                    (data != 0 || file_poll, data, false)
+                }
+                Kind::TcpListener => match listen_backlog(fd) {
+                    Some(n) => (n >= lowat, n, false),
+                    None => (false, 0, false),
+                },
+                Kind::Pipe | Kind::Socket | Kind::Tty if e.fionread_ok => {
+                    match sys::ioctl_int(fd, libc::FIONREAD) {
+                        Ok(n) => {
+                            let n = n as i64;
+                            (n >= lowat || e.eof_rd, n, e.eof_rd)
+                        }
+                        Err(_) => {
+                            e.fionread_ok = false;
+                            let r = if fresh { hint } else { poll_one(fd) };
+                            let eof = e.eof_rd || r.any(Readiness::HUP | Readiness::RDHUP);
+                            (r.any(Readiness::READABLE) || eof, 1, eof)
+                        }
+                    }
+                }
+                _ => {
+                    let r = if fresh { hint } else { poll_one(fd) };
+                    let eof = r.any(Readiness::HUP | Readiness::RDHUP);
+                    (r.any(Readiness::READABLE) || eof, 1, eof)
+                }
+            }
+        } else {
+            match kind {
+                Kind::Regular => (true, 0, false),
+                _ => {
+                    let r = if fresh { hint } else { poll_one(fd) };
+                    let eof = e.eof_wr || r.any(Readiness::HUP | Readiness::ERROR);
+                    let writable = r.any(Readiness::WRITABLE);
+                    let data = match kind {
+                        Kind::Socket => {
+                            if e.cap == 0 {
+                                e.cap = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF)
+                                    .unwrap_or(0);
+                            }
+                            let queued = sys::ioctl_int(fd, libc::TIOCOUTQ).unwrap_or(0);
+                            (e.cap - queued).max(0) as i64
+                        }
+                        Kind::Pipe => {
+                            if e.cap == 0 {
+                                e.cap = sys::syscall!(fcntl(fd, libc::F_GETPIPE_SZ)).unwrap_or(0);
+                            }
+                            let queued = sys::ioctl_int(fd, libc::FIONREAD).unwrap_or(0);
+                            (e.cap - queued).max(0) as i64
+                        }
+                        _ => writable as i64,
+                    };
+                    (
+                        (writable && (lowat <= 1 || data >= lowat)) || eof,
+                        data,
+                        eof,
+                    )
+                }
+            }
+        };
+        if !active {
+            return false;
+        }
+        out.data = data;
+        if eof {
+            out.flags.insert(Flags::EOF);
+            if kind == Kind::Socket && e.err {
+                e.err = false;
+                out.fflags =
+                    sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR).unwrap_or(0) as u32;
+            }
+        }
+        true
+    }
+}

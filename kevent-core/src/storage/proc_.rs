@@ -1,0 +1,106 @@
+//! PROC: `note::EXIT` through a pidfd per knote.
+//!
+//! `data` is the wait status in `wait(2)`'s encoding (`WIFEXITED`,
+//! `WEXITSTATUS`, `WTERMSIG` apply), read with `waitid(P_PIDFD, WNOWAIT)`
+//! so the process is **not** reaped: the parent still waits for it, as on
+//! FreeBSD. The exit of a process that is not our child is reported too
+//! (the pidfd becomes readable), but Linux does not give its status to
+//! anyone but its parent: `data` is then 0. After `EXIT` the knote is
+//! deleted (FreeBSD sets `EV_EOF | EV_ONESHOT`). `note::FORK`, `note::EXEC`
+//! and tracking have no unprivileged Linux equivalent and are refused with
+//! `EOPNOTSUPP`; an unknown pid is `ESRCH`.
+
+use super::{Context, Errno, Storage};
+use crate::event::{note, Filter, Flags, Kevent};
+use crate::knote::KnoteId;
+use crate::sys::{self, Interest, Readiness};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+const P_PIDFD: libc::idtype_t = 3;
+
+/// The PROC storage.
+#[derive(Debug, Default)]
+pub(crate) struct ProcStorage {
+    pidfds: HashMap<u32, (KnoteId, OwnedFd)>,
+}
+
+fn wait_status(pidfd: i32) -> i64 {
+    // SAFETY: all-zero is a valid siginfo_t.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let r = sys::syscall!(waitid(
+        P_PIDFD,
+        pidfd as libc::id_t,
+        &mut info,
+        libc::WEXITED | libc::WNOWAIT | libc::WNOHANG
+    ));
+    if r.is_err() {
+        return 0;
+    }
+    // SAFETY: waitid filled a CLD_* siginfo; si_status is valid for it.
+    let status = unsafe { info.si_status() };
+    match info.si_code {
+        libc::CLD_EXITED => ((status & 0xff) << 8) as i64,
+        libc::CLD_KILLED => (status & 0x7f) as i64,
+        libc::CLD_DUMPED => ((status & 0x7f) | 0x80) as i64,
+        _ => 0,
+    }
+}
+
+impl Storage for ProcStorage {
+    fn filters(&self) -> &'static [Filter] {
+        &[Filter::Proc]
+    }
+
+    fn attach(&mut self, cx: &mut Context<'_>, id: KnoteId) -> Result<(), Errno> {
+        let k = cx.knote(id);
+        if k.sfflags() & !note::EXIT != 0 {
+            return Err(libc::EOPNOTSUPP);
+        }
+        let pid = k.ident();
+        if pid == 0 || pid > i32::MAX as u64 {
+            return Err(libc::ESRCH);
+        }
+        // SAFETY: pidfd_open takes a pid and flags; no pointers.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::ESRCH));
+        }
+        // SAFETY: a new fd returned by pidfd_open, owned by no one else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        cx.watch_fd(fd.as_raw_fd(), Interest::Read, id.key as u64)
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))?;
+        cx.knote_mut(id).set_flags(Flags::CLEAR, true);
+        self.pidfds.insert(id.key, (id, fd));
+        Ok(())
+    }
+
+    fn detach(&mut self, cx: &mut Context<'_>, id: KnoteId) {
+        if let Some((_, fd)) = self.pidfds.remove(&id.key) {
+            let _ = cx.unwatch_fd(fd.as_raw_fd());
+        }
+    }
+
+    fn os_event(&mut self, cx: &mut Context<'_>, payload: u64, _ready: Readiness) {
+        let Some((id, fd)) = self.pidfds.get(&(payload as u32)) else {
+            return;
+        };
+        let (id, raw) = (*id, fd.as_raw_fd());
+        let status = wait_status(raw);
+        if let Some(k) = cx.try_knote_mut(id) {
+            let want = k.sfflags() & note::EXIT;
+            k.set_data(status);
+            k.set_fflags(want);
+            k.set_flags(Flags::EOF | Flags::ONESHOT, true);
+            cx.activate(id);
+        }
+    }
+
+    fn event(&mut self, cx: &mut Context<'_>, id: KnoteId, out: &mut Kevent) -> bool {
+        let k = cx.knote(id);
+        *out = k.to_event();
+        k.flags().contains(Flags::EOF)
+    }
+}

@@ -1,0 +1,81 @@
+//! USER: events triggered by the program itself (`note::TRIGGER`), with
+//! the flag arithmetic of `note::FFAND/FFOR/FFCOPY`.
+//!
+//! FreeBSD semantics: the knote is active once triggered; without `CLEAR`
+//! it stays active (and is returned by every call) until deleted or a
+//! change with `CLEAR` resets it. Delivered `fflags` are the knote's flag
+//! word (the low 24 bits), `data` the `data` of the last change. Every
+//! change to the knote replaces `udata`, as on FreeBSD.
+//!
+//! Where FreeBSD differs from intuition we note our choice: `TRIGGER`
+//! given with the `ADD` that creates the knote triggers it at once (as
+//! macOS and libkqueue do).
+
+use super::{Context, Errno, Storage};
+use crate::event::{note, Filter, Flags, Kevent};
+use crate::knote::KnoteId;
+
+/// The USER storage (stateless: the trigger state is the knote's `hook`).
+#[derive(Debug, Default)]
+pub(crate) struct UserStorage;
+
+fn apply_ffctrl(old: u32, fflags: u32) -> u32 {
+    let v = fflags & note::FFLAGSMASK;
+    match fflags & note::FFCTRLMASK {
+        note::FFAND => old & v,
+        note::FFOR => old | v,
+        note::FFCOPY => v,
+        _ => old,
+    }
+}
+
+impl Storage for UserStorage {
+    fn filters(&self) -> &'static [Filter] {
+        &[Filter::User]
+    }
+
+    fn attach(&mut self, cx: &mut Context<'_>, id: KnoteId) -> Result<(), Errno> {
+        let k = cx.knote_mut(id);
+        let f = k.sfflags();
+        k.set_sfflags(apply_ffctrl(0, f));
+        if f & note::TRIGGER != 0 {
+            k.hook = 1;
+            cx.activate(id);
+        }
+        Ok(())
+    }
+
+    fn modify(&mut self, cx: &mut Context<'_>, id: KnoteId, ch: &Kevent) -> Result<(), Errno> {
+        let k = cx.knote_mut(id);
+        let trigger = ch.fflags & note::TRIGGER != 0;
+        if trigger {
+            k.hook = 1;
+        }
+        let nf = apply_ffctrl(k.sfflags(), ch.fflags);
+        k.set_sfflags(nf);
+        k.sdata = ch.data;
+        if ch.flags.contains(Flags::CLEAR) {
+            k.hook = 0;
+            k.set_data(0);
+            k.set_fflags(0);
+            cx.deactivate(id);
+        } else if trigger {
+            cx.activate(id);
+        }
+        Ok(())
+    }
+
+    fn detach(&mut self, _cx: &mut Context<'_>, _id: KnoteId) {}
+
+    fn event(&mut self, cx: &mut Context<'_>, id: KnoteId, out: &mut Kevent) -> bool {
+        let k = cx.knote(id);
+        *out = k.to_event();
+        out.fflags = k.sfflags();
+        out.data = k.sdata();
+        k.hook != 0
+    }
+
+    fn clear(&mut self, cx: &mut Context<'_>, id: KnoteId) {
+        cx.knote_mut(id).hook = 0;
+    }
+}

@@ -1,0 +1,197 @@
+//! VNODE: file changes through one inotify fd per queue.
+//!
+//! `ident` is an open fd; the watch is placed on its inode (through
+//! `/proc/self/fd/N`), so several knotes on one inode share one watch.
+//! Notes are merged into `fflags` while the knote waits. Mapping:
+//!
+//! | note | inotify |
+//! |---|---|
+//! | `WRITE` | `IN_MODIFY`; for a directory, an entry created, deleted or moved |
+//! | `EXTEND` | `IN_MODIFY` with the size grown |
+//! | `ATTRIB` | `IN_ATTRIB` with the link count unchanged |
+//! | `LINK` | link count changed (`IN_ATTRIB`); a subdirectory made or removed |
+//! | `DELETE` | link count reached 0 (`IN_ATTRIB` on unlink), or `IN_DELETE_SELF` |
+//! | `RENAME` | `IN_MOVE_SELF` |
+//! | `REVOKE` | `IN_UNMOUNT` |
+//!
+//! As on FreeBSD the knote is not implicitly `CLEAR`: without `CLEAR` it
+//! keeps firing with the notes it has collected; with `CLEAR` each report
+//! carries only what happened since the last.
+
+use super::{Context, Errno, Storage};
+use crate::event::{note, Filter, Kevent};
+use crate::knote::KnoteId;
+use crate::sys::{self, Interest, Readiness};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+const ALL_NOTES: u32 = note::DELETE
+    | note::WRITE
+    | note::EXTEND
+    | note::ATTRIB
+    | note::LINK
+    | note::RENAME
+    | note::REVOKE;
+
+const MASK: u32 = libc::IN_MODIFY
+    | libc::IN_ATTRIB
+    | libc::IN_DELETE_SELF
+    | libc::IN_MOVE_SELF
+    | libc::IN_CREATE
+    | libc::IN_DELETE
+    | libc::IN_MOVED_FROM
+    | libc::IN_MOVED_TO;
+
+/// The VNODE storage.
+#[derive(Debug, Default)]
+pub(crate) struct VnodeStorage {
+    ifd: Option<OwnedFd>,
+    /// watch descriptor → knotes on that inode.
+    watches: HashMap<i32, Vec<KnoteId>>,
+    /// knote key → watch descriptor.
+    wd_of: HashMap<u32, i32>,
+    buf: Vec<u8>,
+}
+
+impl Storage for VnodeStorage {
+    fn filters(&self) -> &'static [Filter] {
+        &[Filter::Vnode]
+    }
+
+    fn attach(&mut self, cx: &mut Context<'_>, id: KnoteId) -> Result<(), Errno> {
+        let k = cx.knote(id);
+        if k.sfflags() & !ALL_NOTES != 0 {
+            return Err(libc::EINVAL);
+        }
+        if k.ident() > i32::MAX as u64 {
+            return Err(libc::EBADF);
+        }
+        let fd = k.ident() as i32;
+        let st = sys::fstat(fd).map_err(|_| libc::EBADF)?;
+        if self.ifd.is_none() {
+            let ifd = sys::syscall!(inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC))
+                .map_err(|e| e.raw_os_error().unwrap_or(libc::EMFILE))?;
+            // SAFETY: a new fd returned by inotify_init1, owned by no one else.
+            let ifd = unsafe { OwnedFd::from_raw_fd(ifd) };
+            cx.watch_fd(ifd.as_raw_fd(), Interest::Read, 0)
+                .map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))?;
+            self.ifd = Some(ifd);
+            self.buf = vec![0u8; 4096];
+        }
+        let ifd = self.ifd.as_ref().expect("created").as_raw_fd();
+        let path = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL");
+        let wd = sys::syscall!(inotify_add_watch(ifd, path.as_ptr(), MASK))
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::EBADF))?;
+        self.watches.entry(wd).or_default().push(id);
+        self.wd_of.insert(id.key, wd);
+        let k = cx.knote_mut(id);
+        k.hook = st.st_size as u64;
+        k.hook2 = st.st_nlink;
+        Ok(())
+    }
+
+    fn detach(&mut self, _cx: &mut Context<'_>, id: KnoteId) {
+        let Some(wd) = self.wd_of.remove(&id.key) else {
+            return;
+        };
+        if let Some(list) = self.watches.get_mut(&wd) {
+            list.retain(|k| *k != id);
+            if list.is_empty() {
+                self.watches.remove(&wd);
+                if let Some(ifd) = &self.ifd {
+                    // SAFETY: plain syscall on our inotify fd.
+                    unsafe { libc::inotify_rm_watch(ifd.as_raw_fd(), wd) };
+                }
+            }
+        }
+    }
+
+    fn os_event(&mut self, cx: &mut Context<'_>, _payload: u64, _ready: Readiness) {
+        let Some(ifd) = self.ifd.as_ref().map(|f| f.as_raw_fd()) else {
+            return;
+        };
+        loop {
+            let n = match sys::syscall!(read(ifd, self.buf.as_mut_ptr().cast(), self.buf.len())) {
+                Ok(n) if n > 0 => n as usize,
+                _ => break,
+            };
+            let mut off = 0;
+            let hdr = std::mem::size_of::<libc::inotify_event>();
+            while off + hdr <= n {
+                // SAFETY: the kernel wrote whole inotify_event records;
+                // read_unaligned copes with the byte buffer's alignment.
+                let ev: libc::inotify_event =
+                    unsafe { std::ptr::read_unaligned(self.buf.as_ptr().add(off).cast()) };
+                off += hdr + ev.len as usize;
+                let Some(list) = self.watches.get(&ev.wd) else {
+                    continue;
+                };
+                if ev.mask & libc::IN_IGNORED != 0 {
+                    continue;
+                }
+                for &id in list {
+                    let Some(k) = cx.try_knote_mut(id) else {
+                        continue;
+                    };
+                    let mut notes = 0u32;
+                    let m = ev.mask;
+                    if m & (libc::IN_MODIFY | libc::IN_ATTRIB) != 0 {
+                        if let Ok(st) = sys::fstat(k.ident() as i32) {
+                            if m & libc::IN_MODIFY != 0 {
+                                notes |= note::WRITE;
+                                if st.st_size as u64 > k.hook {
+                                    notes |= note::EXTEND;
+                                }
+                            }
+                            if m & libc::IN_ATTRIB != 0 {
+                                if st.st_nlink == 0 {
+                                    notes |= note::DELETE;
+                                }
+                                if st.st_nlink != k.hook2 {
+                                    notes |= note::LINK;
+                                } else {
+                                    notes |= note::ATTRIB;
+                                }
+                            }
+                            k.hook = st.st_size as u64;
+                            k.hook2 = st.st_nlink;
+                        } else if m & libc::IN_MODIFY != 0 {
+                            notes |= note::WRITE;
+                        }
+                    }
+                    if m & (libc::IN_CREATE
+                        | libc::IN_DELETE
+                        | libc::IN_MOVED_FROM
+                        | libc::IN_MOVED_TO)
+                        != 0
+                    {
+                        notes |= note::WRITE;
+                        if m & libc::IN_ISDIR != 0 && m & (libc::IN_CREATE | libc::IN_DELETE) != 0 {
+                            notes |= note::LINK;
+                        }
+                    }
+                    if m & libc::IN_DELETE_SELF != 0 {
+                        notes |= note::DELETE;
+                    }
+                    if m & libc::IN_MOVE_SELF != 0 {
+                        notes |= note::RENAME;
+                    }
+                    if m & libc::IN_UNMOUNT != 0 {
+                        notes |= note::REVOKE;
+                    }
+                    notes &= k.sfflags();
+                    if notes != 0 {
+                        k.set_fflags(k.fflags() | notes);
+                        cx.activate(id);
+                    }
+                }
+            }
+        }
+    }
+
+    fn event(&mut self, cx: &mut Context<'_>, id: KnoteId, out: &mut Kevent) -> bool {
+        let k = cx.knote(id);
+        *out = k.to_event();
+        k.fflags() != 0
+    }
+}

@@ -1,0 +1,178 @@
+//! The epoll backend.
+//!
+//! Every fd is registered once, edge-triggered, for the union of what the
+//! core asks (mio's model). The core, not the kernel, keeps per-knote
+//! level/edge/oneshot semantics, so one registration serves a READ knote
+//! with `CLEAR` and a level WRITE knote at once.
+//!
+//! Why raw epoll rather than `mio::Poll`: several threads must be able to
+//! register while one waits (mio's `poll` takes `&mut self`), and timer
+//! deadlines need nanosecond timeouts (`epoll_pwait2`; mio rounds to whole
+//! milliseconds).
+
+use super::{syscall, Interest, OsEvent, Readiness};
+use parking_lot::Mutex;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// Token reserved for the waker eventfd.
+pub(crate) const WAKE_TOKEN: u64 = u64::MAX;
+
+const EVENTS: usize = 256;
+
+#[derive(Debug)]
+pub(crate) struct Epoll {
+    ep: OwnedFd,
+    waker: OwnedFd,
+    /// Leader-only buffer; the lock is uncontended by construction.
+    buf: Mutex<Vec<libc::epoll_event>>,
+    /// Whether `epoll_pwait2` exists (kernel ≥ 5.11).
+    pwait2: AtomicBool,
+}
+
+impl Epoll {
+    pub(crate) fn new() -> io::Result<Epoll> {
+        let ep = syscall!(epoll_create1(libc::EPOLL_CLOEXEC))?;
+        // SAFETY: `ep` was just created and is owned by no one else.
+        let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+        let waker = super::eventfd()?;
+        let this = Epoll {
+            ep,
+            waker,
+            buf: Mutex::new(Vec::with_capacity(EVENTS)),
+            pwait2: AtomicBool::new(true),
+        };
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+            u64: WAKE_TOKEN,
+        };
+        syscall!(epoll_ctl(
+            this.ep.as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            this.waker.as_raw_fd(),
+            &mut ev
+        ))?;
+        Ok(this)
+    }
+
+    pub(crate) fn register(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
+        let dir = match interest {
+            Interest::Read => libc::EPOLLIN | libc::EPOLLRDHUP,
+            Interest::Write => libc::EPOLLOUT,
+            Interest::Both => libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLOUT,
+        };
+        let mut ev = libc::epoll_event {
+            events: (dir | libc::EPOLLET) as u32,
+            u64: token,
+        };
+        match syscall!(epoll_ctl(
+            self.ep.as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            fd,
+            &mut ev
+        )) {
+            Ok(_) => Ok(()),
+            // Registered before under another token (a stale registration
+            // for a reused number cannot exist: epoll drops closed files).
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => syscall!(epoll_ctl(
+                self.ep.as_raw_fd(),
+                libc::EPOLL_CTL_MOD,
+                fd,
+                &mut ev
+            ))
+            .map(drop),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(crate) fn deregister(&self, fd: RawFd) -> io::Result<()> {
+        match syscall!(epoll_ctl(
+            self.ep.as_raw_fd(),
+            libc::EPOLL_CTL_DEL,
+            fd,
+            std::ptr::null_mut()
+        )) {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EBADF)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(crate) fn wait(&self, out: &mut Vec<OsEvent>, timeout: Option<Duration>) -> io::Result<()> {
+        let mut buf = self.buf.lock();
+        buf.clear();
+        let n = self.epoll_wait(&mut buf, timeout)?;
+        // SAFETY: the kernel initialised the first `n` entries.
+        unsafe { buf.set_len(n) };
+        for ev in buf.iter() {
+            let token = ev.u64;
+            if token == WAKE_TOKEN {
+                continue;
+            }
+            out.push(OsEvent {
+                token,
+                ready: Readiness(ev.events),
+            });
+        }
+        Ok(())
+    }
+
+    fn epoll_wait(
+        &self,
+        buf: &mut Vec<libc::epoll_event>,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        let cap = buf.capacity() as i32;
+        if self.pwait2.load(Ordering::Relaxed) {
+            let ts = timeout.map(|d| libc::timespec {
+                tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+                tv_nsec: d.subsec_nanos() as libc::c_long,
+            });
+            let tsp = ts
+                .as_ref()
+                .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+            // SAFETY: `buf` has room for `cap` events; `tsp` is null or
+            // points to a live timespec; a null sigmask means "unchanged".
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_epoll_pwait2,
+                    self.ep.as_raw_fd(),
+                    buf.as_mut_ptr(),
+                    cap,
+                    tsp,
+                    std::ptr::null::<libc::sigset_t>(),
+                    0usize,
+                )
+            };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::ENOSYS) {
+                return Err(err);
+            }
+            self.pwait2.store(false, Ordering::Relaxed);
+        }
+        // Round sub-millisecond timeouts up, never down: waking early would
+        // turn a timed wait into a busy loop.
+        let ms = match timeout {
+            None => -1,
+            Some(d) => {
+                let ms = d.as_nanos().div_ceil(1_000_000);
+                ms.min(i32::MAX as u128) as i32
+            }
+        };
+        let n = syscall!(epoll_wait(self.ep.as_raw_fd(), buf.as_mut_ptr(), cap, ms))?;
+        Ok(n as usize)
+    }
+
+    pub(crate) fn wake(&self) -> io::Result<()> {
+        super::eventfd_signal(self.waker.as_raw_fd())
+    }
+
+    pub(crate) fn pollable(&self) -> RawFd {
+        self.ep.as_raw_fd()
+    }
+}

@@ -1,0 +1,214 @@
+//! Platform code: the one door for syscalls and the backends.
+//!
+//! # The backend contract
+//!
+//! Every backend (one file each) provides, through [`Sys`]:
+//!
+//! - `register(fd, token, interest)`: report readiness of `fd` with `token`,
+//!   **edge-triggered**: an event each time the fd becomes ready for a
+//!   direction in `interest` (and once at registration if it already is).
+//!   The core turns edges into per-knote level/edge/oneshot semantics.
+//! - `deregister(fd)`: stop reporting; never fails on an fd the kernel has
+//!   already forgotten (closed).
+//! - `wait(out, timeout)`: append ready `(token, readiness)` pairs; `None`
+//!   blocks until an event or [`Sys::wake`]; the timeout is honoured to the
+//!   nanosecond where the kernel allows.
+//! - `wake()`: make a concurrent or the next `wait` return; callable from
+//!   any thread.
+//! - `pollable()`: an fd readable while `wait` would return events.
+//!
+//! All methods take `&self`: a backend is internally synchronised so that
+//! `wait` runs without the queue's lock held while other threads register.
+
+pub(crate) mod epoll;
+
+use std::io;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+/// Turn a `-1`/errno return into `io::Result`: the one door for syscalls.
+macro_rules! syscall {
+    ($fn:ident ( $($arg:expr),* $(,)? )) => {{
+        #[allow(unused_unsafe)]
+        // SAFETY: every caller passes valid fds and pointers to live,
+        // correctly sized buffers, as the named libc function requires.
+        let res = unsafe { libc::$fn($($arg),*) };
+        if res == -1 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(res)
+        }
+    }};
+}
+pub(crate) use syscall;
+
+/// Readiness bits reported by a backend, in `epoll`'s encoding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Readiness(pub u32);
+
+impl Readiness {
+    /// Readable (`EPOLLIN`).
+    pub const READABLE: Readiness = Readiness(libc::EPOLLIN as u32);
+    /// Writable (`EPOLLOUT`).
+    pub const WRITABLE: Readiness = Readiness(libc::EPOLLOUT as u32);
+    /// Error condition (`EPOLLERR`).
+    pub const ERROR: Readiness = Readiness(libc::EPOLLERR as u32);
+    /// Hang-up (`EPOLLHUP`).
+    pub const HUP: Readiness = Readiness(libc::EPOLLHUP as u32);
+    /// Peer closed its writing half (`EPOLLRDHUP`).
+    pub const RDHUP: Readiness = Readiness(libc::EPOLLRDHUP as u32);
+
+    /// Whether any bit of `other` is set.
+    #[inline]
+    pub const fn any(self, other: Readiness) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    /// Build from `poll(2)` revents.
+    #[inline]
+    pub(crate) fn from_poll(revents: libc::c_short) -> Readiness {
+        let r = revents;
+        let mut bits = 0u32;
+        if r & libc::POLLIN != 0 {
+            bits |= libc::EPOLLIN as u32;
+        }
+        if r & libc::POLLOUT != 0 {
+            bits |= libc::EPOLLOUT as u32;
+        }
+        if r & libc::POLLERR != 0 {
+            bits |= libc::EPOLLERR as u32;
+        }
+        if r & libc::POLLHUP != 0 {
+            bits |= libc::EPOLLHUP as u32;
+        }
+        if r & libc::POLLRDHUP != 0 {
+            bits |= libc::EPOLLRDHUP as u32;
+        }
+        Readiness(bits)
+    }
+}
+
+impl std::ops::BitOr for Readiness {
+    type Output = Readiness;
+    fn bitor(self, rhs: Readiness) -> Readiness {
+        Readiness(self.0 | rhs.0)
+    }
+}
+
+/// What to watch an fd for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interest {
+    /// Readability (and read hang-up).
+    Read,
+    /// Writability.
+    Write,
+    /// Both.
+    Both,
+}
+
+/// One ready `(token, readiness)` pair from a backend.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OsEvent {
+    pub(crate) token: u64,
+    pub(crate) ready: Readiness,
+}
+
+/// The backend in use, chosen at run time.
+#[derive(Debug)]
+pub(crate) enum Sys {
+    Epoll(epoll::Epoll),
+}
+
+impl Sys {
+    #[inline]
+    pub(crate) fn register(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
+        match self {
+            Sys::Epoll(ep) => ep.register(fd, token, interest),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn deregister(&self, fd: RawFd) -> io::Result<()> {
+        match self {
+            Sys::Epoll(ep) => ep.deregister(fd),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn wait(&self, out: &mut Vec<OsEvent>, timeout: Option<Duration>) -> io::Result<()> {
+        match self {
+            Sys::Epoll(ep) => ep.wait(out, timeout),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn wake(&self) -> io::Result<()> {
+        match self {
+            Sys::Epoll(ep) => ep.wake(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn pollable(&self) -> RawFd {
+        match self {
+            Sys::Epoll(ep) => ep.pollable(),
+        }
+    }
+}
+
+/// Read an `i32` socket option.
+pub(crate) fn getsockopt_int(fd: RawFd, level: i32, name: i32) -> io::Result<i32> {
+    let mut val: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    syscall!(getsockopt(
+        fd,
+        level,
+        name,
+        (&mut val as *mut libc::c_int).cast(),
+        &mut len
+    ))?;
+    Ok(val)
+}
+
+/// `ioctl(fd, req, &int)` returning the int.
+pub(crate) fn ioctl_int(fd: RawFd, req: libc::Ioctl) -> io::Result<i32> {
+    let mut val: libc::c_int = 0;
+    syscall!(ioctl(fd, req, &mut val as *mut libc::c_int))?;
+    Ok(val)
+}
+
+/// `fstat(fd)`.
+pub(crate) fn fstat(fd: RawFd) -> io::Result<libc::stat> {
+    // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    syscall!(fstat(fd, &mut st))?;
+    Ok(st)
+}
+
+/// Create an eventfd with `EFD_CLOEXEC | EFD_NONBLOCK`.
+pub(crate) fn eventfd() -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let fd = syscall!(eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))?;
+    // SAFETY: `fd` was just returned by eventfd and is owned by no one else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Add 1 to an eventfd; a full counter (EAGAIN) already means "signalled".
+pub(crate) fn eventfd_signal(fd: RawFd) -> io::Result<()> {
+    let one: u64 = 1;
+    match syscall!(write(fd, (&one as *const u64).cast(), 8)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reset an eventfd to zero; an already-zero counter is fine.
+pub(crate) fn eventfd_drain(fd: RawFd) -> io::Result<()> {
+    let mut buf: u64 = 0;
+    match syscall!(read(fd, (&mut buf as *mut u64).cast(), 8)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+        Err(e) => Err(e),
+    }
+}

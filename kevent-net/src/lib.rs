@@ -28,6 +28,7 @@
 
 mod channel;
 mod loom;
+#[cfg(not(loom))]
 mod sys;
 
 pub use channel::{

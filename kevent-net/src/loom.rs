@@ -10,7 +10,7 @@
 
 #[cfg(not(loom))]
 mod imp {
-    pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize};
+    pub(crate) use std::sync::atomic::{fence, AtomicU64, AtomicUsize};
     pub(crate) use std::sync::Arc;
 
     /// `std::cell::UnsafeCell` with loom's closure-based accessors.
@@ -41,7 +41,7 @@ mod imp {
 #[cfg(loom)]
 mod imp {
     pub(crate) use loom::cell::UnsafeCell;
-    pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize};
+    pub(crate) use loom::sync::atomic::{fence, AtomicU64, AtomicUsize};
     pub(crate) use loom::sync::Arc;
 }
 

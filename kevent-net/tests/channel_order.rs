@@ -1,5 +1,6 @@
 //! Order and loss across two threads, single and burst APIs, and bursts
 //! across the wrap.
+#![cfg(not(loom))] // loom models are in loom_channel.rs
 
 use std::thread;
 

@@ -1,5 +1,6 @@
 //! The need-wakeup protocol seen from outside: wake-up syscalls are at
 //! most one per burst while the consumer sleeps, and zero while it runs.
+#![cfg(not(loom))] // loom models are in loom_channel.rs
 
 use std::sync::mpsc;
 use std::thread;

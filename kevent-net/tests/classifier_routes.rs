@@ -1,5 +1,6 @@
 //! Classifier: exact-match routing, default-channel fallback, counts and
 //! drops.
+#![cfg(not(loom))] // loom models are in loom_channel.rs
 
 use std::net::SocketAddr;
 

@@ -1,5 +1,6 @@
 //! Buffer pool: exhaustion is back-pressure and recovers after frees;
 //! buffers move between threads by id without copies.
+#![cfg(not(loom))] // loom models are in loom_channel.rs
 
 use std::thread;
 

@@ -25,6 +25,8 @@ pub struct Consumer {
     head: usize,
     /// Last tail seen; re-read only when the cache says empty.
     tail_cache: usize,
+    /// Sleep epoch: odd while a sleep is announced. Only we write it.
+    seq: u64,
 }
 
 impl fmt::Debug for Consumer {
@@ -32,6 +34,7 @@ impl fmt::Debug for Consumer {
         f.debug_struct("Consumer")
             .field("head", &self.head)
             .field("tail_cache", &self.tail_cache)
+            .field("seq", &self.seq)
             .field("ring", &self.ring)
             .finish()
     }
@@ -55,6 +58,7 @@ impl Consumer {
             ring,
             head: 0,
             tail_cache: 0,
+            seq: 0,
         }
     }
 
@@ -198,7 +202,7 @@ impl Consumer {
     /// most one wake-up syscall, so `wake_syscalls() <= sleeps()`.
     #[must_use]
     pub fn sleeps(&self) -> u64 {
-        self.ring.wake.0.sleeps.load(Relaxed)
+        self.seq.div_ceil(2)
     }
 
     /// Wake-up syscalls the producer made so far (the same counter as
@@ -223,21 +227,27 @@ impl Consumer {
         if self.filled_at_least(1) > 0 {
             return WaitPrep::Ready;
         }
-        self.ring.wake.0.sleeps.fetch_add(1, Relaxed);
-        self.tail_cache = self.ring.announce_sleep();
+        debug_assert!(self.seq & 1 == 0, "prepare_wait twice without finish_wait");
+        self.seq += 1;
+        self.tail_cache = self.ring.announce_sleep(self.seq);
         if self.filled_cached() > 0 {
-            // The producer may have seen the flag already and be writing to
-            // the eventfd: the next wait then returns at once (spurious).
-            self.ring.end_sleep();
+            // The producer may have seen the odd epoch already and be writing
+            // to the eventfd: the next wait then returns at once (spurious).
+            self.seq += 1;
+            self.ring.end_sleep(self.seq);
             return WaitPrep::Ready;
         }
         WaitPrep::MaySleep
     }
 
     /// Second half of a wait: clears the need-wakeup flag. Publications
-    /// after this make no wake-up syscall.
+    /// after this make no wake-up syscall. Does nothing if no sleep is
+    /// announced.
     pub fn finish_wait(&mut self) {
-        self.ring.end_sleep();
+        if self.seq & 1 == 1 {
+            self.seq += 1;
+            self.ring.end_sleep(self.seq);
+        }
     }
 
     /// Blocks until a descriptor is published or `timeout` elapses

@@ -24,27 +24,32 @@
 //! The consumer may spin, or sleep on an eventfd ([`Notifier`]). A
 //! producer that made a syscall after every publication would pay
 //! ~250–300 ns per push even while the consumer is running; so the
-//! consumer advertises that it may be asleep with a `sleeping` flag in a
-//! third region, and the producer makes the syscall only if it sees it:
+//! consumer advertises that it may be asleep with a flag (an odd sleep
+//! epoch) in a third region, and the producer makes the syscall only if it
+//! sees it:
 //!
 //! ```text
-//! producer (publish)              consumer (prepare_wait)
-//!   tail.store(t, Release)          sleeping.store(true, Relaxed)
-//!   fence(SeqCst)       ----+----   fence(SeqCst)
-//!   if sleeping.load(Relaxed)       if tail.load(Acquire) != head
-//!      && sleeping.swap(false)          { sleeping = false; don't sleep }
-//!      { eventfd write }             else { block on the eventfd }
+//! producer (publish)                consumer (prepare_wait)
+//!   tail.store(t, Release)            seq += 1 (odd: may sleep)
+//!                                     wake.seq.store(seq, Relaxed)
+//!   fence(SeqCst)        ----+----    fence(SeqCst)
+//!   s = wake.seq.load(Relaxed)        if tail.load(Acquire) != head
+//!   if s is odd && s != woken             { seq += 1; store; don't sleep }
+//!      { woken = s; eventfd write }   else { block on the eventfd;
+//!                                            seq += 1; store }
 //! ```
 //!
 //! The two SeqCst fences are totally ordered. If the producer's fence comes
 //! first, the consumer's `tail` load (after its fence) sees the new tail;
-//! if the consumer's comes first, the producer's `sleeping` load sees
-//! `true`. Either the consumer does not sleep or it is woken: no lost
+//! if the consumer's comes first, the producer's `seq` load sees the odd
+//! epoch. Either the consumer does not sleep or it is woken: no lost
 //! wake-up. Without the fences this is the store-buffering litmus test,
-//! where both loads may read stale values. The `swap` makes the syscall
-//! once per sleep, so a burst costs at most one wake-up and a running
-//! consumer costs none. Leftover notifications only cause spurious
-//! wake-ups, which [`Consumer::wait`] reports as `false`.
+//! where both loads may read stale values. The flag is an epoch counter
+//! rather than a bool so the producer can make the syscall once per sleep
+//! (it remembers the epoch it woke) without writing the consumer's line;
+//! a burst costs at most one wake-up and a running consumer costs none.
+//! Leftover notifications only cause spurious wake-ups, which
+//! [`Consumer::wait`] reports as `false`.
 //!
 //! The protocol and the index publication are model-checked with loom
 //! (`RUSTFLAGS="--cfg loom" cargo test -p kevent-net --release loom`).

@@ -22,6 +22,8 @@ pub struct Producer {
     tail: usize,
     /// Last head seen; re-read only when the cache says full.
     head_cache: usize,
+    /// Last sleep epoch of the consumer this producer woke.
+    woken: u64,
 }
 
 impl fmt::Debug for Producer {
@@ -29,6 +31,7 @@ impl fmt::Debug for Producer {
         f.debug_struct("Producer")
             .field("tail", &self.tail)
             .field("head_cache", &self.head_cache)
+            .field("woken", &self.woken)
             .field("ring", &self.ring)
             .finish()
     }
@@ -40,6 +43,7 @@ impl Producer {
             ring,
             tail: 0,
             head_cache: 0,
+            woken: 0,
         }
     }
 
@@ -78,7 +82,7 @@ impl Producer {
         // Release: the slot writes happen-before the consumer's Acquire
         // load of this index.
         self.ring.tail.0.store(self.tail, Release);
-        self.ring.wake_if_sleeping();
+        self.ring.wake_if_sleeping(&mut self.woken);
     }
 
     /// Pushes one descriptor and publishes it.

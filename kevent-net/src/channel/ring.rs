@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 
 use super::notify::Notifier;
 use super::PacketDesc;
-use crate::loom::{fence, AtomicBool, AtomicU64, AtomicUsize, UnsafeCell};
+use crate::loom::{fence, AtomicU64, AtomicUsize, UnsafeCell};
 
 /// Aligns (and so pads) its content to 128 bytes: one region.
 #[derive(Debug)]
@@ -33,12 +33,14 @@ pub(super) struct Region<T>(pub(super) T);
 /// the producer only when it wakes the consumer.
 #[derive(Debug)]
 pub(super) struct WakeState {
-    /// AF_XDP's need-wakeup: set while the consumer may be blocked.
-    pub(super) sleeping: AtomicBool,
+    /// AF_XDP's need-wakeup flag, as a sleep epoch: odd while the consumer
+    /// may be blocked (announced sleep number `(seq + 1) / 2`), even while
+    /// it runs. Written only by the consumer; the producer remembers the
+    /// last odd value it woke, so each sleep costs at most one syscall
+    /// without the producer writing this line (no read-modify-write).
+    pub(super) seq: AtomicU64,
     /// Wake-up syscalls made by the producer.
     pub(super) wake_syscalls: AtomicU64,
-    /// Times the consumer decided to block.
-    pub(super) sleeps: AtomicU64,
 }
 
 pub(super) struct Ring {
@@ -80,9 +82,8 @@ impl Ring {
             tail: Region(AtomicUsize::new(0)),
             head: Region(AtomicUsize::new(0)),
             wake: Region(WakeState {
-                sleeping: AtomicBool::new(false),
+                seq: AtomicU64::new(0),
                 wake_syscalls: AtomicU64::new(0),
-                sleeps: AtomicU64::new(0),
             }),
             slots,
             mask: capacity - 1,
@@ -137,50 +138,53 @@ impl Ring {
     }
 
     /// The producer's half of the need-wakeup protocol, run after every
-    /// publication (a Release store of `tail`).
+    /// publication (a Release store of `tail`). `woken` is the producer's
+    /// private record of the last sleep epoch it woke.
     ///
-    /// Dekker's pattern: the producer stores `tail` then loads `sleeping`;
-    /// the consumer stores `sleeping` then loads `tail`. A SeqCst fence
+    /// Dekker's pattern: the producer stores `tail` then loads `seq`; the
+    /// consumer stores `seq` (odd) then loads `tail`. A SeqCst fence
     /// between the store and the load on each side puts the two fences in
     /// one total order, so at least one side sees the other's store: either
     /// the consumer sees the new `tail` and does not sleep, or the producer
-    /// sees `sleeping` and wakes it. Without the fences both loads may read
-    /// the old values (store buffering) and the wake-up is lost.
+    /// sees the odd `seq` and wakes it. Without the fences both loads may
+    /// read the old values (store buffering) and the wake-up is lost.
     #[inline]
-    pub(super) fn wake_if_sleeping(&self) {
+    pub(super) fn wake_if_sleeping(&self, woken: &mut u64) {
         fence(SeqCst);
-        if self.wake.0.sleeping.load(Relaxed) {
-            self.wake_slow();
+        let seq = self.wake.0.seq.load(Relaxed);
+        if seq & 1 == 1 && seq != *woken {
+            self.wake_slow(seq, woken);
         }
     }
 
     #[cold]
     #[inline(never)]
-    fn wake_slow(&self) {
-        // The swap makes the wake one per sleep: later publications before
-        // the consumer sleeps again see `false` and make no syscall. It
-        // orders nothing: the fence above did.
-        if self.wake.0.sleeping.swap(false, Relaxed) {
-            self.wake.0.wake_syscalls.fetch_add(1, Relaxed);
-            // An eventfd write fails only on a closed fd or a saturated
-            // count (a wake-up already pending); neither loses a wake-up.
-            let r = self.notifier.notify();
-            debug_assert!(r.is_ok(), "eventfd write failed: {r:?}");
-        }
+    fn wake_slow(&self, seq: u64, woken: &mut u64) {
+        // One syscall per sleep epoch: later publications in the same epoch
+        // see `seq == woken` and make none.
+        *woken = seq;
+        self.wake.0.wake_syscalls.fetch_add(1, Relaxed);
+        // An eventfd write fails only on a closed fd or a saturated count
+        // (a wake-up already pending); neither loses a wake-up.
+        let r = self.notifier.notify();
+        debug_assert!(r.is_ok(), "eventfd write failed: {r:?}");
     }
 
-    /// The consumer's half: announce the sleep, then re-check `tail`.
-    /// Returns the `tail` loaded after the fence.
+    /// The consumer's half: publish the odd epoch `seq`, then re-check
+    /// `tail`. Returns the `tail` loaded after the fence.
     #[inline]
-    pub(super) fn announce_sleep(&self) -> usize {
-        self.wake.0.sleeping.store(true, Relaxed);
+    pub(super) fn announce_sleep(&self, seq: u64) -> usize {
+        debug_assert!(seq & 1 == 1, "sleep epoch {seq} must be odd");
+        self.wake.0.seq.store(seq, Relaxed);
         fence(SeqCst);
         self.tail.0.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// The consumer is awake again (or gave up sleeping).
+    /// The consumer is awake again (or gave up sleeping): publish the even
+    /// epoch `seq`.
     #[inline]
-    pub(super) fn end_sleep(&self) {
-        self.wake.0.sleeping.store(false, Relaxed);
+    pub(super) fn end_sleep(&self, seq: u64) {
+        debug_assert!(seq & 1 == 0, "wake epoch {seq} must be even");
+        self.wake.0.seq.store(seq, Relaxed);
     }
 }

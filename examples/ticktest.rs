@@ -1,0 +1,653 @@
+//! ticktest: dahdi_test for kevent.
+//!
+//! Runs the 1 kHz tick source for `--seconds N` one-second passes and prints
+//! one accuracy figure per pass computed as dahdi_test computes it: each
+//! tick counts 8 samples (8 kHz audio), a pass ends once 8000 samples are
+//! counted, and its accuracy is
+//! `100 × (count − min(count, |count − measured|)) / count` where
+//! `measured` is the pass's elapsed time in 125 µs sample intervals. Then
+//! Best / Worst / Average and the cumulative figure (all samples over all
+//! time), as dahdi_test's summary.
+//!
+//! One difference, on purpose: dahdi_test adds up only the time spent
+//! inside `read()` (it reads 20 ms chunks, so the gaps between reads are
+//! negligible). At one wake per millisecond those gaps would be a visible
+//! share of the pass, so `measured` here is the continuous time from the
+//! end of the previous pass to the end of this one.
+//!
+//! The formula sees only the average rate, so ticktest also prints missed
+//! ticks (more than one expiration per wake), lateness percentiles and the
+//! longest gap.
+//!
+//! ```text
+//! cargo run --release --example ticktest -- --seconds 10
+//! cargo run --release --example ticktest -- --compare --json
+//! cargo run --release --example ticktest -- --rt --plot ticktest.svg
+//! ```
+//!
+//! `--compare` runs the same test, pass by pass interleaved (A B C A B C …,
+//! each pass a fresh start), beside a plain timerfd loop (relative periodic
+//! timerfd, default slack, SCHED_OTHER) and a naive loop of 1 ms
+//! `epoll_wait` timeouts. `--rt` applies only to kevent's tick thread; the
+//! peers are the loops a user would write.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use kevent_timer::{TickStats, Ticker, TickerError, WaitMethod};
+use serde_json::{json, Value};
+
+/// dahdi_test counts 8 samples per 1 ms tick and ends a pass at 8000.
+const SAMPLES_PER_MS: f64 = 8.0;
+const PASS_SAMPLES: f64 = 8000.0;
+const NS_PER_SAMPLE: f64 = 125_000.0;
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "dahdi_test for kevent: accuracy of the 1 kHz tick source")]
+struct Args {
+    /// Number of 1-second passes.
+    #[arg(long, default_value_t = 10)]
+    seconds: u32,
+    /// Tick rate in Hz.
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// How kevent's ticker waits.
+    #[arg(long, value_enum, default_value_t = Method::Nanosleep)]
+    method: Method,
+    /// Wake this many µs early and spin to each deadline (nanosleep only).
+    #[arg(long, default_value_t = 0)]
+    spin_us: u64,
+    /// Run the tick thread under SCHED_FIFO.
+    #[arg(long)]
+    rt: bool,
+    /// Also run a plain timerfd loop and a naive 1 ms epoll_wait loop.
+    #[arg(long)]
+    compare: bool,
+    /// Print one JSON object instead of the text report.
+    #[arg(long)]
+    json: bool,
+    /// Draw the lateness histogram and per-pass accuracy to this SVG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Method {
+    Nanosleep,
+    Timerfd,
+}
+
+/// One wake of a source.
+struct Wake {
+    /// Ticks this wake delivers.
+    count: u64,
+    /// Deadline of the oldest tick delivered.
+    deadline_ns: u64,
+    now_ns: u64,
+}
+
+trait Source {
+    fn next(&mut self) -> io::Result<Wake>;
+}
+
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// kevent's [`Ticker`].
+struct KeventSource(Ticker);
+
+impl Source for KeventSource {
+    fn next(&mut self) -> io::Result<Wake> {
+        let t = self.0.tick().map_err(io::Error::other)?;
+        Ok(Wake {
+            count: t.count,
+            deadline_ns: t.deadline_ns,
+            now_ns: t.now_ns,
+        })
+    }
+}
+
+/// The loop most code writes: a relative periodic timerfd, read per tick.
+struct TimerfdLoop {
+    fd: libc::c_int,
+    start_ns: u64,
+    period_ns: u64,
+    seen: u64,
+}
+
+impl TimerfdLoop {
+    fn new(period_ns: u64) -> io::Result<Self> {
+        // SAFETY: plain syscall.
+        let fd = cvt(unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_CLOEXEC) })?;
+        let ts = libc::timespec {
+            tv_sec: (period_ns / 1_000_000_000) as libc::time_t,
+            tv_nsec: (period_ns % 1_000_000_000) as libc::c_long,
+        };
+        let spec = libc::itimerspec {
+            it_interval: ts,
+            it_value: ts,
+        };
+        // SAFETY: valid fd and itimerspec.
+        cvt(unsafe { libc::timerfd_settime(fd, 0, &spec, std::ptr::null_mut()) })?;
+        // Read after arming: the kernel's grid starts no later than this,
+        // so lateness is, if anything, understated for this peer.
+        Ok(TimerfdLoop {
+            fd,
+            start_ns: mono_ns(),
+            period_ns,
+            seen: 0,
+        })
+    }
+}
+
+impl Source for TimerfdLoop {
+    fn next(&mut self) -> io::Result<Wake> {
+        let mut n = 0u64;
+        // SAFETY: 8 writable bytes.
+        let r = unsafe { libc::read(self.fd, (&mut n as *mut u64).cast(), 8) };
+        if r != 8 {
+            return Err(io::Error::last_os_error());
+        }
+        let now_ns = mono_ns();
+        let deadline_ns = self.start_ns + (self.seen + 1) * self.period_ns;
+        self.seen += n;
+        Ok(Wake {
+            count: n,
+            deadline_ns,
+            now_ns,
+        })
+    }
+}
+
+impl Drop for TimerfdLoop {
+    fn drop(&mut self) {
+        // SAFETY: we own the fd.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+/// The naive loop: `epoll_wait` with a 1 ms timeout, one tick per return.
+/// Its deadline is its own idea of one: the previous wake plus 1 ms.
+struct EpollLoop {
+    ep: libc::c_int,
+    prev_ns: u64,
+    timeout_ms: i32,
+}
+
+impl EpollLoop {
+    fn new(period_ns: u64) -> io::Result<Self> {
+        // SAFETY: plain syscall.
+        let ep = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        Ok(EpollLoop {
+            ep,
+            prev_ns: mono_ns(),
+            timeout_ms: (period_ns / 1_000_000).max(1) as i32,
+        })
+    }
+}
+
+impl Source for EpollLoop {
+    fn next(&mut self) -> io::Result<Wake> {
+        let mut ev = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: valid epoll fd and one-element buffer.
+        let r = unsafe { libc::epoll_wait(self.ep, &mut ev, 1, self.timeout_ms) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let now_ns = mono_ns();
+        let deadline_ns = self.prev_ns + self.timeout_ms as u64 * 1_000_000;
+        self.prev_ns = now_ns;
+        Ok(Wake {
+            count: 1,
+            deadline_ns,
+            now_ns,
+        })
+    }
+}
+
+impl Drop for EpollLoop {
+    fn drop(&mut self) {
+        // SAFETY: we own the fd.
+        unsafe { libc::close(self.ep) };
+    }
+}
+
+/// Results of one source over all its passes.
+struct Report {
+    name: &'static str,
+    passes: Vec<f64>,
+    total_count: f64,
+    total_time: f64,
+    stats: TickStats,
+    stats_period: Duration,
+    health: Option<String>,
+    health_json: Value,
+}
+
+/// dahdi_test's `calculate_accuracy`.
+fn accuracy(count: f64, ms: f64) -> f64 {
+    ((count - count.min((count - ms).abs())) / count) * 100.0
+}
+
+impl Report {
+    fn new(name: &'static str, period: Duration) -> Self {
+        Report {
+            name,
+            passes: Vec::new(),
+            total_count: 0.0,
+            total_time: 0.0,
+            stats: TickStats::new(period),
+            stats_period: period,
+            health: None,
+            health_json: Value::Null,
+        }
+    }
+
+    /// Runs `passes` passes on `src`, continuing its schedule.
+    fn run(&mut self, src: &mut dyn Source, passes: u32, rate: u32) -> io::Result<()> {
+        let samples_per_tick = SAMPLES_PER_MS * 1000.0 / f64::from(rate);
+        // Statistics of this run only: a gap between two runs (other
+        // sources' passes) is not a gap of this source.
+        let mut stats = TickStats::new(self.stats_period);
+        let mut pass_start = mono_ns();
+        for _ in 0..passes {
+            let mut count = 0.0;
+            let now = loop {
+                let w = src.next()?;
+                stats.record(w.now_ns, w.deadline_ns, w.count, w.count, true);
+                count += samples_per_tick * w.count as f64;
+                if count >= PASS_SAMPLES {
+                    break w.now_ns;
+                }
+            };
+            let ms = (now - pass_start) as f64 / NS_PER_SAMPLE;
+            self.passes.push(accuracy(count, ms));
+            self.total_count += count;
+            self.total_time += ms;
+            pass_start = now;
+        }
+        self.stats.merge(&stats);
+        Ok(())
+    }
+
+    fn best(&self) -> f64 {
+        self.passes.iter().copied().fold(0.0, f64::max)
+    }
+    fn worst(&self) -> f64 {
+        self.passes.iter().copied().fold(100.0, f64::min)
+    }
+    fn average(&self) -> f64 {
+        if self.passes.is_empty() {
+            100.0
+        } else {
+            self.passes.iter().sum::<f64>() / self.passes.len() as f64
+        }
+    }
+    fn cumulative(&self) -> f64 {
+        if self.passes.is_empty() {
+            0.0
+        } else {
+            accuracy(self.total_count, self.total_time)
+        }
+    }
+
+    fn json(&self) -> Value {
+        let l = self.stats.lateness_us();
+        json!({
+            "source": self.name,
+            "passes": self.passes,
+            "best": self.best(),
+            "worst": self.worst(),
+            "average": self.average(),
+            "cumulative": self.cumulative(),
+            "ticks": self.stats.ticks(),
+            "wakes": self.stats.wakes(),
+            "missed": self.stats.missed(),
+            "longest_gap_us": self.stats.longest_gap().as_secs_f64() * 1e6,
+            "lateness_us": { "p50": l.p50, "p99": l.p99, "p999": l.p999, "max": l.max },
+            "clock": self.health_json,
+        })
+    }
+
+    fn print(&self) {
+        for (i, p) in self.passes.iter().enumerate() {
+            if i > 0 && i % 8 == 0 {
+                println!();
+            }
+            print!("{p:.3}% ");
+        }
+        println!();
+        println!("--- Results after {} passes ---", self.passes.len());
+        println!(
+            "Best: {:.3}% -- Worst: {:.3}% -- Average: {:.6}%",
+            self.best(),
+            self.worst(),
+            self.average()
+        );
+        println!(
+            "Cumulative Accuracy (not per pass): {:.3}",
+            self.cumulative()
+        );
+        println!("{}", self.stats);
+        if let Some(h) = &self.health {
+            println!("{h}");
+        }
+    }
+}
+
+fn build_ticker(args: &Args) -> Result<Ticker, TickerError> {
+    Ticker::builder()
+        .rate_hz(args.rate)
+        .method(match args.method {
+            Method::Nanosleep => WaitMethod::Nanosleep,
+            Method::Timerfd => WaitMethod::Timerfd,
+        })
+        .realtime(args.rt.then_some(50))
+        .spin(Duration::from_micros(args.spin_us))
+        .build()
+}
+
+type Factory = Box<dyn Fn() -> io::Result<Box<dyn Source>> + Send>;
+
+/// A source on its own thread (so `--rt` stays on kevent's thread), run
+/// one pass at a time on request.
+struct Runner {
+    go: mpsc::Sender<()>,
+    done: mpsc::Receiver<io::Result<()>>,
+    handle: thread::JoinHandle<Report>,
+}
+
+fn spawn_runner(name: &'static str, period: Duration, rate: u32, make: Factory) -> Runner {
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (done_tx, done_rx) = mpsc::channel();
+    let handle = thread::spawn(move || {
+        let mut report = Report::new(name, period);
+        for () in go_rx {
+            // A fresh start for every pass: passes of different sources
+            // interleave, so a schedule cannot run on across them.
+            let r = make().and_then(|mut src| report.run(&mut *src, 1, rate));
+            if done_tx.send(r).is_err() {
+                break;
+            }
+        }
+        report
+    });
+    Runner {
+        go: go_tx,
+        done: done_rx,
+        handle,
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(&args) {
+        eprintln!("ticktest: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    // Typed configuration errors (zero rate, below resolution) come out here.
+    let probe = build_ticker(&Args {
+        rt: false,
+        ..args.clone()
+    })?;
+    let period = probe.period();
+    drop(probe);
+    let period_ns = period.as_nanos() as u64;
+    let rate = args.rate;
+
+    let reports: Vec<Report> = if !args.compare {
+        let mut ticker = build_ticker(args)?;
+        // The first tick binds the thread (slack, SCHED_FIFO): errors here
+        // are the typed "not permitted" ones.
+        ticker.tick()?;
+        ticker.reset_stats();
+        let mut report = Report::new("kevent", period);
+        let mut src = KeventSource(ticker);
+        report.run(&mut src, args.seconds, rate)?;
+        let h = src.0.health();
+        // Clock and thread lines; the statistics are printed from `report`.
+        report.health = Some(h.to_string().lines().take(2).collect::<Vec<_>>().join("\n"));
+        report.health_json = health_json(&h);
+        vec![report]
+    } else {
+        let a = args.clone();
+        let kevent: Factory = Box::new(move || {
+            let mut t = build_ticker(&a).map_err(io::Error::other)?;
+            t.tick().map_err(io::Error::other)?;
+            Ok(Box::new(KeventSource(t)) as Box<dyn Source>)
+        });
+        let timerfd: Factory =
+            Box::new(move || Ok(Box::new(TimerfdLoop::new(period_ns)?) as Box<dyn Source>));
+        let epoll: Factory =
+            Box::new(move || Ok(Box::new(EpollLoop::new(period_ns)?) as Box<dyn Source>));
+        let runners = [
+            spawn_runner("kevent", period, rate, kevent),
+            spawn_runner("timerfd", period, rate, timerfd),
+            spawn_runner("epoll_wait", period, rate, epoll),
+        ];
+        for _ in 0..args.seconds {
+            for r in &runners {
+                r.go.send(())?;
+                r.done.recv()??;
+            }
+        }
+        let mut reports = Vec::new();
+        for r in runners {
+            drop(r.go);
+            reports.push(r.handle.join().map_err(|_| "runner panicked")?);
+        }
+        // Health of kevent's ticker as configured (clock facts).
+        let mut t = build_ticker(&Args {
+            rt: false,
+            ..args.clone()
+        })?;
+        for _ in 0..200 {
+            t.tick()?;
+        }
+        let h = t.health();
+        reports[0].health = Some(format!(
+            "clock: resolution {:?}, measured tick {:?}{}",
+            h.resolution,
+            h.measured_period,
+            if h.clamped { " CLAMPED" } else { "" }
+        ));
+        reports[0].health_json = health_json(&h);
+        reports
+    };
+
+    if let Some(path) = &args.plot {
+        plot(path, &reports)?;
+    }
+    if args.json {
+        let mut main = reports[0].json();
+        if args.compare {
+            let peers: serde_json::Map<String, Value> = reports[1..]
+                .iter()
+                .map(|r| (r.name.to_string(), r.json()))
+                .collect();
+            main["compare"] = Value::Object(peers);
+        }
+        println!("{}", serde_json::to_string_pretty(&main)?);
+    } else if args.compare {
+        print_compare(&reports);
+    } else {
+        println!("Opened kevent 1 kHz tick source, measuring accuracy...");
+        reports[0].print();
+    }
+    Ok(())
+}
+
+fn health_json(h: &kevent_timer::Health) -> Value {
+    json!({
+        "resolution_ns": h.resolution.as_nanos() as u64,
+        "period_ns": h.period.as_nanos() as u64,
+        "measured_period_ns": h.measured_period.map(|d| d.as_nanos() as u64),
+        "clamped": h.clamped,
+        "method": format!("{:?}", h.method),
+        "timer_slack_ns": h.timer_slack.map(|d| d.as_nanos() as u64),
+        "sched_fifo": h.realtime,
+    })
+}
+
+fn print_compare(reports: &[Report]) {
+    let cols: Vec<&Report> = reports.iter().collect();
+    print!("{:<22}", "");
+    for r in &cols {
+        print!("{:>14}", r.name);
+    }
+    println!();
+    let row = |label: &str, f: &dyn Fn(&Report) -> String| {
+        print!("{label:<22}");
+        for r in &cols {
+            print!("{:>14}", f(r));
+        }
+        println!();
+    };
+    row("passes", &|r| r.passes.len().to_string());
+    row("best %", &|r| format!("{:.3}", r.best()));
+    row("worst %", &|r| format!("{:.3}", r.worst()));
+    row("average %", &|r| format!("{:.4}", r.average()));
+    row("cumulative %", &|r| format!("{:.4}", r.cumulative()));
+    row("ticks", &|r| r.stats.ticks().to_string());
+    row("missed", &|r| r.stats.missed().to_string());
+    row("lateness p50 µs", &|r| {
+        format!("{:.1}", r.stats.lateness_us().p50)
+    });
+    row("lateness p99 µs", &|r| {
+        format!("{:.1}", r.stats.lateness_us().p99)
+    });
+    row("lateness p99.9 µs", &|r| {
+        format!("{:.1}", r.stats.lateness_us().p999)
+    });
+    row("lateness max µs", &|r| {
+        format!("{:.1}", r.stats.lateness_us().max)
+    });
+    row("longest gap µs", &|r| {
+        format!("{:.1}", r.stats.longest_gap().as_secs_f64() * 1e6)
+    });
+    if let Some(h) = &reports[0].health {
+        println!("{h}");
+    }
+    println!("(epoll_wait: lateness is against its own previous wake + 1 ms; its drift shows in the accuracy)");
+}
+
+fn plot(path: &std::path::Path, reports: &[Report]) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+
+    let root = SVGBackend::new(path, (900, 700)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (top, bottom) = root.split_vertically(380);
+    let colors = [BLUE, RED, GREEN];
+
+    // Lateness histogram: 60 linear bins up to the largest p99.9, log counts.
+    let hi_us = reports
+        .iter()
+        .map(|r| r.stats.lateness_us().p999)
+        .fold(10.0, f64::max)
+        * 1.2;
+    const BINS: usize = 60;
+    let bin_us = hi_us / BINS as f64;
+    let mut series = Vec::new();
+    let mut max_count = 1u64;
+    for r in reports {
+        let mut bins = [0u64; BINS + 1];
+        for v in r.stats.lateness_histogram().iter_recorded() {
+            let us = v.value_iterated_to() as f64 / 1000.0;
+            let b = ((us / bin_us) as usize).min(BINS);
+            bins[b] += v.count_at_value();
+        }
+        max_count = max_count.max(*bins.iter().max().unwrap_or(&1));
+        series.push(bins);
+    }
+    let mut chart = ChartBuilder::on(&top)
+        .caption("Tick lateness (µs; last bin = beyond)", ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..hi_us + bin_us, (1u64..max_count * 2).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("lateness µs")
+        .y_desc("ticks")
+        .draw()?;
+    for (i, (r, bins)) in reports.iter().zip(&series).enumerate() {
+        let c = colors[i % colors.len()];
+        chart
+            .draw_series(LineSeries::new(
+                bins.iter()
+                    .enumerate()
+                    .filter(|(_, &n)| n > 0)
+                    .map(|(b, &n)| ((b as f64 + 0.5) * bin_us, n)),
+                c.stroke_width(2),
+            ))?
+            .label(r.name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE)
+        .draw()?;
+
+    // Per-pass accuracy.
+    let lo = reports
+        .iter()
+        .flat_map(|r| r.passes.iter().copied())
+        .fold(100.0, f64::min)
+        .min(99.99);
+    let n = reports
+        .iter()
+        .map(|r| r.passes.len())
+        .max()
+        .unwrap_or(1)
+        .max(2);
+    let mut chart = ChartBuilder::on(&bottom)
+        .caption("dahdi_test accuracy per pass (%)", ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(
+            1usize..n,
+            lo - (100.0 - lo) * 0.1..100.0 + (100.0 - lo) * 0.05,
+        )?;
+    chart.configure_mesh().x_desc("pass").draw()?;
+    for (i, r) in reports.iter().enumerate() {
+        let c = colors[i % colors.len()];
+        chart
+            .draw_series(LineSeries::new(
+                r.passes.iter().enumerate().map(|(p, &a)| (p + 1, a)),
+                c.stroke_width(2),
+            ))?
+            .label(r.name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}

@@ -37,7 +37,9 @@ impl Storage for UserStorage {
     fn attach(&mut self, cx: &mut Context<'_>, id: KnoteId) -> Result<(), Errno> {
         let k = cx.knote_mut(id);
         let f = k.sfflags();
-        k.set_sfflags(apply_ffctrl(0, f));
+        // FreeBSD keeps the ADD's fflags as the flag word (whatever the
+        // control bits say); the control and TRIGGER bits are not kept.
+        k.set_sfflags(f & note::FFLAGSMASK);
         if f & note::TRIGGER != 0 {
             k.hook = 1;
             cx.activate(id);

@@ -6,7 +6,9 @@
 //! FreeBSD. The exit of a process that is not our child is reported too
 //! (the pidfd becomes readable), but Linux does not give its status to
 //! anyone but its parent: `data` is then 0. After `EXIT` the knote is
-//! deleted (FreeBSD sets `EV_EOF | EV_ONESHOT`). `note::FORK`, `note::EXEC`
+//! deleted (FreeBSD sets `EV_EOF | EV_ONESHOT`); a knote registered
+//! without `note::EXIT` is dropped at exit without an event (FreeBSD's
+//! `EV_DROP`). `note::FORK`, `note::EXEC`
 //! and tracking have no unprivileged Linux equivalent and are refused with
 //! `EOPNOTSUPP`; an unknown pid is `ESRCH`.
 
@@ -91,6 +93,15 @@ impl Storage for ProcStorage {
         let status = wait_status(raw);
         if let Some(k) = cx.try_knote_mut(id) {
             let want = k.sfflags() & note::EXIT;
+            if want == 0 {
+                // FreeBSD's EV_DROP: not subscribed to EXIT, nothing to
+                // report, and the knote ends with the process.
+                if let Some((_, fd)) = self.pidfds.remove(&id.key) {
+                    let _ = cx.unwatch_fd(fd.as_raw_fd());
+                }
+                cx.drop_knote(id);
+                return;
+            }
             k.set_data(status);
             k.set_fflags(want);
             k.set_flags(Flags::EOF | Flags::ONESHOT, true);

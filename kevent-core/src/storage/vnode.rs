@@ -142,19 +142,23 @@ impl Storage for VnodeStorage {
                                 if st.st_size as u64 > k.hook {
                                     notes |= note::EXTEND;
                                 }
+                                // Only a MODIFY moves the size mark: an
+                                // earlier ATTRIB read later must not hide
+                                // the growth from it (merged events).
+                                k.hook = st.st_size as u64;
                             }
                             if m & libc::IN_ATTRIB != 0 {
+                                // FreeBSD reports the last unlink as
+                                // DELETE alone, not LINK too.
                                 if st.st_nlink == 0 {
                                     notes |= note::DELETE;
-                                }
-                                if st.st_nlink != k.hook2 {
+                                } else if st.st_nlink != k.hook2 {
                                     notes |= note::LINK;
                                 } else {
                                     notes |= note::ATTRIB;
                                 }
+                                k.hook2 = st.st_nlink;
                             }
-                            k.hook = st.st_size as u64;
-                            k.hook2 = st.st_nlink;
                         } else if m & libc::IN_MODIFY != 0 {
                             notes |= note::WRITE;
                         }

@@ -1,0 +1,203 @@
+//! VNODE: each note, merging while pending, level vs CLEAR, directories.
+
+#[macro_use]
+mod util;
+
+use kevent::{note, Backend, Filter, Flags};
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use util::*;
+
+backends_complete_test!();
+
+const V: Filter = Filter::Vnode;
+const ALL: u32 = note::DELETE
+    | note::WRITE
+    | note::EXTEND
+    | note::ATTRIB
+    | note::LINK
+    | note::RENAME
+    | note::REVOKE;
+
+/// A temp file with `len` bytes, opened read-only (the watched fd).
+fn file(tag: &str, len: usize) -> (TempPath, File) {
+    let t = TempPath::new(tag);
+    std::fs::write(t.path(), vec![b'a'; len]).unwrap();
+    let f = File::open(t.path()).unwrap();
+    (t, f)
+}
+
+fn writer(t: &TempPath) -> File {
+    OpenOptions::new().write(true).open(t.path()).unwrap()
+}
+
+backend_test!(write_and_extend, |b: Backend| {
+    let kq = kq(b);
+    let (t, f) = file("write", 10);
+    change(&kq, &[ev(id(&f), V, Flags::ADD | Flags::CLEAR, ALL, 0, 5)]);
+    expect_none(&kq, id(&f), V);
+    // Overwrite in place: WRITE only.
+    writer(&t).write_all_at(b"bbbb", 0).unwrap();
+    let e = expect_event(&kq, id(&f), V);
+    assert_eq!((e.fflags, e.udata), (note::WRITE, 5), "{e:?}");
+    // Append: WRITE and EXTEND.
+    let mut w = writer(&t);
+    w.seek(SeekFrom::End(0)).unwrap();
+    w.write_all(b"more").unwrap();
+    let e = expect_event(&kq, id(&f), V);
+    assert_eq!(e.fflags, note::WRITE | note::EXTEND, "{e:?}");
+    expect_none(&kq, id(&f), V);
+});
+
+backend_test!(extend_by_truncate, |b: Backend| {
+    let kq = kq(b);
+    let (t, f) = file("extend", 10);
+    change(
+        &kq,
+        &[ev(id(&f), V, Flags::ADD | Flags::CLEAR, note::EXTEND, 0, 0)],
+    );
+    writer(&t).set_len(4096).unwrap();
+    let e = expect_event(&kq, id(&f), V);
+    assert_eq!(e.fflags, note::EXTEND, "{e:?}");
+    // Shrinking is not EXTEND (and WRITE is not subscribed).
+    writer(&t).set_len(1).unwrap();
+    expect_none(&kq, id(&f), V);
+});
+
+backend_test!(attrib_via_chmod, |b: Backend| {
+    let kq = kq(b);
+    let (t, f) = file("attrib", 1);
+    change(&kq, &[ev(id(&f), V, Flags::ADD | Flags::CLEAR, ALL, 0, 0)]);
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let e = expect_event(&kq, id(&f), V);
+    assert_eq!(e.fflags, note::ATTRIB, "{e:?}");
+});
+
+backend_test!(link_via_hard_link, |b: Backend| {
+    let kq = kq(b);
+    let (t, f) = file("link", 1);
+    change(&kq, &[ev(id(&f), V, Flags::ADD | Flags::CLEAR, ALL, 0, 0)]);
+    let l = t.with_suffix(".link");
+    std::fs::hard_link(t.path(), &l).unwrap();
+    let e = expect_event(&kq, id(&f), V);
+    assert_eq!(e.fflags, note::LINK, "{e:?}");
+    // Removing one of two links changes the link count too.
+    std::fs::remove_file(&l).unwrap();
+    let e = expect_event(&kq, id(&f), V);
+    assert_eq!(e.fflags, note::LINK, "{e:?}");
+});
+
+backend_test!(delete_via_unlink, |b: Backend| {
+    let kq = kq(b);
+    let (t, f) = file("delete", 1);
+    change(&kq, &[ev(id(&f), V, Flags::ADD | Flags::CLEAR, ALL, 0, 0)]);
+    std::fs::remove_file(t.path()).unwrap();
+    let e = expect_event(&kq, id(&f), V);
+    // FreeBSD reports NOTE_DELETE alone for the unlink.
+    assert_eq!(e.fflags, note::DELETE, "{e:?}");
+});
+
+backend_test!(delete_only_subscription, |b: Backend| {
+    let kq = kq(b);
+    let (t, f) = file("delonly", 1);
+    change(&kq, &[ev(id(&f), V, Flags::ADD, note::DELETE, 0, 0)]);
+    writer(&t).write_all(b"zz").unwrap();
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o640)).unwrap();
+    expect_none(&kq, id(&f), V);
+    std::fs::remove_file(t.path()).unwrap();
+    assert_eq!(expect_event(&kq, id(&f), V).fflags, note::DELETE);
+});
+
+backend_test!(rename, |b: Backend| {
+    let kq = kq(b);
+    let (t, f) = file("rename", 1);
+    change(&kq, &[ev(id(&f), V, Flags::ADD | Flags::CLEAR, ALL, 0, 0)]);
+    std::fs::rename(t.path(), t.with_suffix(".renamed")).unwrap();
+    let e = expect_event(&kq, id(&f), V);
+    assert_eq!(e.fflags, note::RENAME, "{e:?}");
+});
+
+backend_test!(notes_merge_while_pending, |b: Backend| {
+    let kq = kq(b);
+    let (t, f) = file("merge", 4);
+    change(&kq, &[ev(id(&f), V, Flags::ADD | Flags::CLEAR, ALL, 0, 0)]);
+    // No kevent() call in between: one event with every note.
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut w = writer(&t);
+    w.seek(SeekFrom::End(0)).unwrap();
+    w.write_all(b"grow").unwrap();
+    std::fs::hard_link(t.path(), t.with_suffix(".link")).unwrap();
+    std::fs::rename(t.path(), t.with_suffix(".renamed")).unwrap();
+    let want = note::ATTRIB | note::WRITE | note::EXTEND | note::LINK | note::RENAME;
+    let evs = drain(&kq, WAIT);
+    let mine: Vec<_> = evs.iter().filter(|e| e.ident == id(&f)).collect();
+    assert_eq!(mine.len(), 1, "{evs:?}");
+    assert_eq!(mine[0].fflags, want, "{:?}", mine[0]);
+    expect_none(&kq, id(&f), V);
+});
+
+backend_test!(level_knote_keeps_reporting_its_notes, |b: Backend| {
+    // Not implicitly CLEAR (FreeBSD): the collected notes stay until deleted.
+    let kq = kq(b);
+    let (t, f) = file("level", 1);
+    change(&kq, &[ev(id(&f), V, Flags::ADD, ALL, 0, 0)]);
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(expect_event(&kq, id(&f), V).fflags, note::ATTRIB);
+    assert_eq!(expect_event(&kq, id(&f), V).fflags, note::ATTRIB);
+    writer(&t).write_all_at(b"x", 0).unwrap();
+    let e = expect_where(&kq, "ATTRIB|WRITE", |e| {
+        e.ident == id(&f) && e.fflags == note::ATTRIB | note::WRITE
+    });
+    assert_eq!(e.filter, V);
+    change(&kq, &[ev(id(&f), V, Flags::DELETE, 0, 0, 0)]);
+    expect_none(&kq, id(&f), V);
+});
+
+backend_test!(directory_entries, |b: Backend| {
+    let kq = kq(b);
+    let t = TempPath::new("dir");
+    std::fs::create_dir(t.path()).unwrap();
+    let d = File::open(t.path()).unwrap();
+    change(&kq, &[ev(id(&d), V, Flags::ADD | Flags::CLEAR, ALL, 0, 0)]);
+    std::fs::write(t.path().join("f"), b"x").unwrap();
+    assert!(expect_event(&kq, id(&d), V).fflags & note::WRITE != 0);
+    expect_none(&kq, id(&d), V);
+    // A subdirectory changes the directory's link count.
+    std::fs::create_dir(t.path().join("sub")).unwrap();
+    let e = expect_event(&kq, id(&d), V);
+    assert_eq!(e.fflags, note::WRITE | note::LINK, "{e:?}");
+});
+
+backend_test!(two_knotes_on_one_inode, |b: Backend| {
+    let kq = kq(b);
+    let (t, f) = file("twofds", 1);
+    let g = File::open(t.path()).unwrap();
+    change(
+        &kq,
+        &[
+            ev(id(&f), V, Flags::ADD | Flags::CLEAR, note::WRITE, 0, 1),
+            ev(id(&g), V, Flags::ADD | Flags::CLEAR, note::ATTRIB, 0, 2),
+        ],
+    );
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(expect_event(&kq, id(&g), V).fflags, note::ATTRIB);
+    expect_none(&kq, id(&f), V);
+    // Deleting one knote keeps the shared watch for the other.
+    change(&kq, &[ev(id(&g), V, Flags::DELETE, 0, 0, 0)]);
+    writer(&t).write_all_at(b"q", 0).unwrap();
+    assert_eq!(expect_event(&kq, id(&f), V).fflags, note::WRITE);
+});
+
+backend_test!(invalid_registrations, |b: Backend| {
+    let kq = kq(b);
+    let (_t, f) = file("invalid", 1);
+    assert_errno(
+        try_change(&kq, &[ev(999_999, V, Flags::ADD, note::WRITE, 0, 0)]),
+        libc::EBADF,
+    );
+    assert_errno(
+        try_change(&kq, &[ev(id(&f), V, Flags::ADD, 0x1000, 0, 0)]),
+        libc::EINVAL,
+    );
+});

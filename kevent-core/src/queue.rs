@@ -191,15 +191,27 @@ impl Kqueue {
             b => b,
         };
         let (sys, used) = match chosen {
-            Backend::Epoll | Backend::Auto => {
-                (Sys::Epoll(sys::epoll::Epoll::new()?), Backend::Epoll)
-            }
-            Backend::IoUring => {
-                return Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "the io_uring backend is not built yet",
-                ))
-            }
+            Backend::Epoll => (Sys::Epoll(sys::epoll::Epoll::new()?), Backend::Epoll),
+            Backend::IoUring => match sys::uring::Uring::new() {
+                Ok(u) => (Sys::IoUring(u), Backend::IoUring),
+                // Forced: an error, never a silent fallback.
+                Err(e) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        format!("io_uring backend unavailable: {e}"),
+                    ))
+                }
+            },
+            Backend::Auto => match sys::uring::Uring::new() {
+                Ok(u) => (Sys::IoUring(u), Backend::IoUring),
+                Err(e) => {
+                    static WARNED: std::sync::Once = std::sync::Once::new();
+                    WARNED.call_once(|| {
+                        log::warn!("kevent: io_uring unavailable ({e}); using epoll");
+                    });
+                    (Sys::Epoll(sys::epoll::Epoll::new()?), Backend::Epoll)
+                }
+            },
         };
         let mut b = Builder {
             sys,

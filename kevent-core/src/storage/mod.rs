@@ -218,17 +218,34 @@ impl Context<'_> {
         self.sys.register(fd, token, interest)
     }
 
-    /// Stop watching `fd`. An fd already closed is not an error.
+    /// Stop watching `fd` (a watch made with `Interest::Read` or `Both`).
+    /// An fd already closed is not an error.
     pub fn unwatch_fd(&mut self, fd: RawFd) -> io::Result<()> {
-        self.sys.deregister(fd)
+        self.sys.deregister(fd, Interest::Both)
     }
 
-    /// Whether the backend reports readiness per knote (io_uring) rather
-    /// than per fd (epoll).
+    /// Stop the watch of `fd` made with `interest`: with
+    /// [`Context::per_knote_watches`], `Read` and `Write` watches are
+    /// separate; otherwise the fd's one registration goes.
+    pub fn unwatch_fd_dir(&mut self, fd: RawFd, interest: Interest) -> io::Result<()> {
+        self.sys.deregister(fd, interest)
+    }
+
+    /// Whether [`Context::watch_fd`] keeps an independent watch per
+    /// direction (io_uring: a `Read` and a `Write` watch on one fd coexist
+    /// and each reports only its own direction) rather than one per fd
+    /// (epoll: a second watch replaces the first).
+    #[inline]
+    pub fn per_knote_watches(&self) -> bool {
+        self.sys.per_knote()
+    }
+
+    /// The backend in use.
     #[inline]
     pub fn backend(&self) -> crate::Backend {
         match self.sys {
             Sys::Epoll(_) => crate::Backend::Epoll,
+            Sys::IoUring(_) => crate::Backend::IoUring,
         }
     }
 }

@@ -8,8 +8,13 @@
 //!   **edge-triggered**: an event each time the fd becomes ready for a
 //!   direction in `interest` (and once at registration if it already is).
 //!   The core turns edges into per-knote level/edge/oneshot semantics.
-//! - `deregister(fd)`: stop reporting; never fails on an fd the kernel has
-//!   already forgotten (closed).
+//! - `deregister(fd, interest)`: stop reporting the watch made with
+//!   `interest`; never fails on an fd the kernel has already forgotten
+//!   (closed). Epoll has one registration per fd and ignores `interest`.
+//! - `per_knote()`: whether `register` keeps an independent watch per
+//!   direction (`Read` and `Write` on one fd do not replace each other, and
+//!   each reports only its own direction). True for io_uring; on epoll a
+//!   second `register` of an fd replaces the first.
 //! - `wait(out, timeout)`: append ready `(token, readiness)` pairs; `None`
 //!   blocks until an event or [`Sys::wake`]; the timeout is honoured to the
 //!   nanosecond where the kernel allows.
@@ -21,6 +26,7 @@
 //! `wait` runs without the queue's lock held while other threads register.
 
 pub(crate) mod epoll;
+pub(crate) mod uring;
 
 use std::io;
 use std::os::fd::RawFd;
@@ -117,6 +123,7 @@ pub(crate) struct OsEvent {
 #[derive(Debug)]
 pub(crate) enum Sys {
     Epoll(epoll::Epoll),
+    IoUring(uring::Uring),
 }
 
 impl Sys {
@@ -124,20 +131,28 @@ impl Sys {
     pub(crate) fn register(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
         match self {
             Sys::Epoll(ep) => ep.register(fd, token, interest),
+            Sys::IoUring(u) => u.register(fd, token, interest),
         }
     }
 
     #[inline]
-    pub(crate) fn deregister(&self, fd: RawFd) -> io::Result<()> {
+    pub(crate) fn deregister(&self, fd: RawFd, interest: Interest) -> io::Result<()> {
         match self {
             Sys::Epoll(ep) => ep.deregister(fd),
+            Sys::IoUring(u) => u.deregister(fd, interest),
         }
+    }
+
+    #[inline]
+    pub(crate) fn per_knote(&self) -> bool {
+        matches!(self, Sys::IoUring(_))
     }
 
     #[inline]
     pub(crate) fn wait(&self, out: &mut Vec<OsEvent>, timeout: Option<Duration>) -> io::Result<()> {
         match self {
             Sys::Epoll(ep) => ep.wait(out, timeout),
+            Sys::IoUring(u) => u.wait(out, timeout),
         }
     }
 
@@ -145,6 +160,7 @@ impl Sys {
     pub(crate) fn wake(&self) -> io::Result<()> {
         match self {
             Sys::Epoll(ep) => ep.wake(),
+            Sys::IoUring(u) => u.wake(),
         }
     }
 
@@ -152,6 +168,7 @@ impl Sys {
     pub(crate) fn pollable(&self) -> RawFd {
         match self {
             Sys::Epoll(ep) => ep.pollable(),
+            Sys::IoUring(u) => u.pollable(),
         }
     }
 }

@@ -21,14 +21,12 @@ use std::time::{Duration, Instant};
 
 /// THE list of backends every behaviour test runs on: `test name => variant`.
 ///
-/// `Backend::IoUring` still returns `Unsupported` from
-/// `Kqueue::with_backend` (the backend is being built in parallel); add
-/// `io_uring => IoUring` here the moment it works. The test
+/// Both backends work on Linux ≥ 6.15 (io_uring needs `EPOLL_WAIT`). The test
 /// `util_backends_complete` in every test file fails if a backend that
 /// works is missing from this list, so none is skipped silently.
 macro_rules! for_each_backend {
     ($cb:ident ! ( $($args:tt)* )) => {
-        $cb! { $($args)* ; epoll => Epoll }
+        $cb! { $($args)* ; epoll => Epoll, io_uring => IoUring }
     };
 }
 

@@ -24,11 +24,17 @@
 //! identity before reporting, so a reused number never yields a stale
 //! event.
 //!
+//! On io_uring the backend keeps a watch per knote (per direction) in
+//! epoll instances the ring waits on, not a `PollAdd`: a poll request pins
+//! the file, so a `close()` without `EV_DELETE` would not release a socket
+//! (no FIN) while epoll drops the registration on the last close, as
+//! FreeBSD drops knotes (see `sys/uring.rs`).
+//!
 //! **Epoll caveat.** Activity in one direction re-reports the other on the
 //! same fd (epoll reports the whole readiness mask with each edge). A
 //! `CLEAR` knote whose condition still holds may then be delivered again
-//! without new activity in its own direction. The io_uring backend arms a
-//! poll per knote and has no such cross-talk.
+//! without new activity in its own direction. The io_uring backend watches
+//! each knote separately and has no such cross-talk.
 
 use super::{Context, Errno, Storage};
 use crate::event::{note, Filter, Flags, Kevent};
@@ -55,7 +61,8 @@ struct FdEntry {
     kind: Kind,
     read: Option<KnoteId>,
     write: Option<KnoteId>,
-    registered: bool,
+    /// Directions registered with the backend (bit 0 read, bit 1 write).
+    registered: u8,
     eof_rd: bool,
     eof_wr: bool,
     /// Pending socket error seen with `EPOLLERR`.
@@ -72,6 +79,17 @@ pub(crate) struct FdStorage {
     next_gen: u32,
     /// `fstat` of the fd named by the change being resolved.
     last: Option<(RawFd, u64, u64, u32)>,
+}
+
+/// Payload layout: `[gen: 23 | tag: 2 | fd: 31]`; the tag says which
+/// knote a per-knote watch serves (1 READ, 2 WRITE; 0 both, per fd).
+const FD_MASK: u64 = (1 << 31) - 1;
+const TAG_SHIFT: u32 = 31;
+const GEN_SHIFT: u32 = 33;
+const GEN_MASK: u32 = (1 << 23) - 1;
+
+fn payload_of(gen: u32, tag: u8, fd: RawFd) -> u64 {
+    (gen as u64) << GEN_SHIFT | (tag as u64) << TAG_SHIFT | (fd as u64 & FD_MASK)
 }
 
 fn fd_of(ident: u64) -> Result<RawFd, Errno> {
@@ -194,7 +212,7 @@ impl Storage for FdStorage {
         }
         if self.fds[fd as usize].is_none() {
             let kind = classify(fd, mode);
-            self.next_gen = self.next_gen.wrapping_add(1) & 0x00ff_ffff;
+            self.next_gen = self.next_gen.wrapping_add(1) & GEN_MASK;
             self.fds[fd as usize] = Some(FdEntry {
                 gen: self.next_gen,
                 dev,
@@ -202,7 +220,7 @@ impl Storage for FdStorage {
                 kind,
                 read: None,
                 write: None,
-                registered: false,
+                registered: 0,
                 eof_rd: false,
                 eof_wr: false,
                 err: false,
@@ -220,9 +238,23 @@ impl Storage for FdStorage {
             cx.activate(id);
             return Ok(());
         }
-        if !e.registered {
-            let payload = (e.gen as u64) << 32 | fd as u32 as u64;
-            if let Err(err) = cx.watch_fd(fd, Interest::Both, payload) {
+        // Register only the directions that have knotes: an idle writable
+        // fd registered for both would flood every wait with write edges.
+        // With per-knote watches (io_uring) each direction is its own
+        // registration, tagged in the payload so it activates only its knote.
+        let per_knote = cx.per_knote_watches();
+        let bit = if is_read { 1 } else { 2 };
+        let want = e.registered | bit;
+        let first = e.registered == 0;
+        if want != e.registered {
+            let tag = if per_knote { bit } else { 0 };
+            let payload = payload_of(e.gen, tag, fd);
+            let interest = match if per_knote { bit } else { want } {
+                1 => Interest::Read,
+                2 => Interest::Write,
+                _ => Interest::Both,
+            };
+            if let Err(err) = cx.watch_fd(fd, interest, payload) {
                 if is_read {
                     e.read = None;
                 } else {
@@ -233,10 +265,12 @@ impl Storage for FdStorage {
                 }
                 return Err(err.raw_os_error().unwrap_or(libc::EINVAL));
             }
-            e.registered = true;
-            // The registration's first edge reports current readiness.
-        } else {
-            // Already registered: no new edge will come, so check now.
+            e.registered = want;
+        }
+        if !first && !per_knote {
+            // The fd was registered before: its first edge is gone (a
+            // re-registration's edge may not cover this direction), so
+            // check now.
             cx.activate(id);
         }
         Ok(())
@@ -263,8 +297,20 @@ impl Storage for FdStorage {
         } else {
             return;
         }
+        if cx.per_knote_watches() {
+            let bit = if is_read { 1 } else { 2 };
+            if e.registered & bit != 0 {
+                let dir = if is_read {
+                    Interest::Read
+                } else {
+                    Interest::Write
+                };
+                let _ = cx.unwatch_fd_dir(fd, dir);
+                e.registered &= !bit;
+            }
+        }
         if e.read.is_none() && e.write.is_none() {
-            if e.registered {
+            if e.registered != 0 {
                 let _ = cx.unwatch_fd(fd);
             }
             self.fds[fd as usize] = None;
@@ -272,8 +318,9 @@ impl Storage for FdStorage {
     }
 
     fn os_event(&mut self, cx: &mut Context<'_>, payload: u64, ready: Readiness) {
-        let fd = payload as u32 as RawFd;
-        let gen = (payload >> 32) as u32;
+        let fd = (payload & FD_MASK) as RawFd;
+        let tag = (payload >> TAG_SHIFT) & 3;
+        let gen = (payload >> GEN_SHIFT) as u32;
         let Some(e) = self.entry(fd) else { return };
         if e.gen != gen {
             return;
@@ -288,13 +335,13 @@ impl Storage for FdStorage {
             e.err = true;
         }
         let (r, w) = (e.read, e.write);
-        if let Some(id) = r {
+        if let Some(id) = r.filter(|_| tag != 2) {
             if ready.any(Readiness::READABLE | Readiness::RDHUP | Readiness::HUP | Readiness::ERROR)
             {
                 cx.activate_with(id, ready);
             }
         }
-        if let Some(id) = w {
+        if let Some(id) = w.filter(|_| tag != 1) {
             if ready.any(Readiness::WRITABLE | Readiness::HUP | Readiness::ERROR) {
                 cx.activate_with(id, ready);
             }

@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 
 /// THE list of backends every behaviour test runs on: `test name => variant`.
 ///
-/// Both backends work on Linux ≥ 6.15 (io_uring needs `EPOLL_WAIT`). The test
-/// `util_backends_complete` in every test file fails if a backend that
-/// works is missing from this list, so none is skipped silently.
+/// Every concrete backend is here (`Backend::Auto` picks one of them). The
+/// test `util_backends_complete` in every test file fails if a backend
+/// that works is missing from this list, or one listed cannot be created,
+/// so none is skipped silently.
 macro_rules! for_each_backend {
     ($cb:ident ! ( $($args:tt)* )) => {
         $cb! { $($args)* ; epoll => Epoll, io_uring => IoUring }

@@ -772,3 +772,28 @@ backend_test!(
         drop(dup);
     }
 );
+
+backend_test!(timeout_is_honoured, |b: Backend| {
+    let kq = kq(b);
+    let (rx, _tx) = pipe();
+    change(&kq, &[ev(id(&rx), R, Flags::ADD, 0, 0, 0)]);
+    for ms in [1u64, 30, 200] {
+        let t = Instant::now();
+        let evs = drain(&kq, Duration::from_millis(ms));
+        let took = t.elapsed();
+        assert!(evs.is_empty(), "{evs:?}");
+        // Strict lower bound, loose upper bound.
+        assert!(
+            took >= Duration::from_millis(ms),
+            "{ms} ms timeout took {took:?}"
+        );
+        assert!(
+            took < Duration::from_millis(ms) + Duration::from_secs(2),
+            "{took:?}"
+        );
+    }
+    // A zero timeout polls.
+    let t = Instant::now();
+    assert!(poll_now(&kq).is_empty());
+    assert!(t.elapsed() < Duration::from_secs(1));
+});

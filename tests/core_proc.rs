@@ -146,3 +146,24 @@ backend_test!(exit_without_note_exit_is_dropped_silently, |b: Backend| {
         libc::ENOENT,
     );
 });
+
+backend_test!(
+    two_queues_and_a_disabled_knote_see_the_exit,
+    |b: Backend| {
+        let (kq1, kq2) = (kq(b), kq(b));
+        let mut child = Command::new("sh").args(["-c", "exit 7"]).spawn().unwrap();
+        let pid = child.id() as u64;
+        change(&kq1, &[ev(pid, P, Flags::ADD, note::EXIT, 0, 1)]);
+        change(
+            &kq2,
+            &[ev(pid, P, Flags::ADD | Flags::DISABLE, note::EXIT, 0, 2)],
+        );
+        assert_eq!(expect_event(&kq1, pid, P).data, 7 << 8);
+        // Disabled: the exit waits for ENABLE.
+        expect_none(&kq2, pid, P);
+        change(&kq2, &[ev(pid, P, Flags::ENABLE, note::EXIT, 0, 3)]);
+        let e = expect_event(&kq2, pid, P);
+        assert_eq!((e.data, e.udata), (7 << 8, 3));
+        assert_eq!(child.wait().unwrap().code(), Some(7));
+    }
+);

@@ -314,7 +314,10 @@ impl Kqueue {
             // Take OS events when the ready list alone cannot fill the
             // buffer; block only when it is empty and more are needed.
             let room = events.len() - got;
-            if !harvested && st.core.ready.count < room && !st.polling {
+            // io_uring: with nothing queued, skip the peek; the blocking
+            // wait submits and waits in one `io_uring_enter`.
+            let lazy = !poll_only && st.core.ready.count == 0 && self.sys.lazy_peek();
+            if !harvested && !lazy && st.core.ready.count < room && !st.polling {
                 if let Err(e) = self.harvest(&mut st, Some(Duration::ZERO)) {
                     break Err(e);
                 }
@@ -330,6 +333,8 @@ impl Kqueue {
                 None => None,
                 Some(d) => match d.checked_duration_since(Instant::now()) {
                     Some(r) if !r.is_zero() => Some(r),
+                    // Timed out before the backend was looked at: look once.
+                    _ if !harvested && !st.polling && self.sys.lazy_peek() => Some(Duration::ZERO),
                     _ => break Ok(got),
                 },
             };

@@ -21,6 +21,8 @@
 //! - `wake()`: make a concurrent or the next `wait` return; callable from
 //!   any thread.
 //! - `pollable()`: an fd readable while `wait` would return events.
+//! - `lazy_peek()`: whether a blocking `wait` is as cheap as a zero-timeout
+//!   one, so the queue should not peek first (io_uring).
 //!
 //! All methods take `&self`: a backend is internally synchronised so that
 //! `wait` runs without the queue's lock held while other threads register.
@@ -121,6 +123,9 @@ pub(crate) struct OsEvent {
 
 /// The backend in use, chosen at run time.
 #[derive(Debug)]
+// One per queue, never in a collection: boxing would only add a pointer
+// chase to every call.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Sys {
     Epoll(epoll::Epoll),
     IoUring(uring::Uring),
@@ -141,6 +146,14 @@ impl Sys {
             Sys::Epoll(ep) => ep.deregister(fd),
             Sys::IoUring(u) => u.deregister(fd, interest),
         }
+    }
+
+    /// Whether the queue should skip its non-blocking peek before a
+    /// blocking wait when nothing is queued: io_uring re-arms and waits in
+    /// one `io_uring_enter`, so a peek would double the syscalls.
+    #[inline]
+    pub(crate) fn lazy_peek(&self) -> bool {
+        matches!(self, Sys::IoUring(_))
     }
 
     #[inline]

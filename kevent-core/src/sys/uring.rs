@@ -314,11 +314,9 @@ impl Uring {
                         err = Some(io::Error::from_raw_os_error(-res));
                     }
                 }
-                UD_WAKE => {
-                    if !cqueue::more(cqe.flags()) {
-                        r.wake_armed = false;
-                    }
-                }
+                // A multishot poll that ended (cancelled with its task, or
+                // an error): re-armed by the next `arm`.
+                UD_WAKE if !cqueue::more(cqe.flags()) => r.wake_armed = false,
                 _ => {}
             }
         }

@@ -4,6 +4,8 @@
 //!   tick, O(1) insert and cancel, entries in a slab.
 //! - [`policy`]: periodic schedules on an absolute grid and the
 //!   [`MissedTickPolicy`] each periodic timer follows when ticks are late.
+//! - [`TimerStorage`]: `EVFILT_TIMER` for a kevent queue, with FreeBSD's
+//!   semantics and a missed-tick policy per timer.
 //! - [`Ticker`]: a 1 kHz (or any rate) tick source that reports its own
 //!   health, and [`stats`]: the accuracy statistics it keeps.
 //!
@@ -22,11 +24,13 @@
 
 pub mod policy;
 pub mod stats;
+pub mod storage;
 mod sys;
 pub mod ticker;
 pub mod wheel;
 
 pub use policy::MissedTickPolicy;
 pub use stats::TickStats;
+pub use storage::TimerStorage;
 pub use ticker::{Health, Tick, Ticker, TickerBuilder, TickerError, WaitMethod};
 pub use wheel::{Key, TickClock, Wheel};

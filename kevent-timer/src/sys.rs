@@ -113,8 +113,17 @@ pub(crate) struct Timerfd {
 
 impl Timerfd {
     pub(crate) fn new() -> io::Result<Self> {
+        Self::with_flags(libc::TFD_CLOEXEC)
+    }
+
+    /// A timerfd whose reads never block (for one watched by a queue).
+    pub(crate) fn new_nonblocking() -> io::Result<Self> {
+        Self::with_flags(libc::TFD_CLOEXEC | libc::TFD_NONBLOCK)
+    }
+
+    fn with_flags(flags: libc::c_int) -> io::Result<Self> {
         // SAFETY: plain syscall; a non-negative result is a new fd we own.
-        let fd = cvt(unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_CLOEXEC) })?;
+        let fd = cvt(unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, flags) })?;
         // SAFETY: `fd` was just created and is owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(Timerfd { fd })
@@ -140,6 +149,32 @@ impl Timerfd {
             )
         })?;
         Ok(())
+    }
+
+    /// Stops the timer.
+    pub(crate) fn disarm(&self) -> io::Result<()> {
+        let zero = timespec(0);
+        let spec = libc::itimerspec {
+            it_interval: zero,
+            it_value: zero,
+        };
+        // SAFETY: valid fd, valid itimerspec, null old value.
+        cvt(unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) })?;
+        Ok(())
+    }
+
+    /// The raw fd, to register with a queue.
+    pub(crate) fn raw(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Reads the expiration count of a non-blocking timerfd: `Ok(0)` if it
+    /// has not expired since the last read.
+    pub(crate) fn try_read(&self) -> io::Result<u64> {
+        match self.wait() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            r => r,
+        }
     }
 
     /// Blocks until the timer has expired at least once; returns the number

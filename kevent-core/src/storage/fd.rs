@@ -14,6 +14,9 @@
 //! | regular file, directory | bytes from offset to EOF (may be negative) | 0, always writable |
 //! | eventfd, timerfd, a queue, other | 1 when readable | 1 when writable |
 //!
+//! With `note::NODATA` (a kevent extension) READ and WRITE report
+//! `data` = 1 and skip the per-event `ioctl`.
+//!
 //! A regular file's READ fires only while the offset is not at EOF, as on
 //! FreeBSD (`note::FILE_POLL` makes it fire unconditionally, as `poll(2)`).
 //!
@@ -29,6 +32,22 @@
 //! the file, so a `close()` without `EV_DELETE` would not release a socket
 //! (no FIN) while epoll drops the registration on the last close, as
 //! FreeBSD drops knotes (see `sys/uring.rs`).
+//!
+//! **WRITE low-water marks.** `note::LOWAT` is applied at each check; a
+//! WRITE knote found below its mark waits for the kernel's next write-space
+//! wake-up. Linux wakes a pipe's writers only when the pipe was full, and a
+//! socket's when a third of its send buffer is free, so a mark is noticed
+//! at those points rather than the moment space crosses it (FreeBSD
+//! re-evaluates on every read).
+//!
+//! **Duplicated fds.** The kernel keeps a registration while *any* fd
+//! refers to the file (epoll(7), Q6). If fd N is closed while a dup (or a
+//! forked child) keeps the file open, a fresh kernel event may still name
+//! N: a closed N reports nothing (the `data` syscall fails with `EBADF`),
+//! but if N was already reused by another file, that file's byte count is
+//! reported until N is re-added or deleted. Delete knotes before closing a
+//! duplicated fd, as with raw epoll. (With `note::NODATA` no syscall is
+//! made, so even a closed N may report.)
 //!
 //! **Epoll caveat.** Activity in one direction re-reports the other on the
 //! same fd (epoll reports the whole readiness mask with each edge). A
@@ -356,6 +375,7 @@ impl Storage for FdStorage {
         let hint = Readiness(k.hint());
         let is_read = k.filter() == Filter::Read;
         let file_poll = k.sfflags() & note::FILE_POLL != 0;
+        let nodata = k.sfflags() & note::NODATA != 0;
         let Ok(fd) = fd_of(k.ident()) else {
             return false;
         };
@@ -385,12 +405,20 @@ impl Storage for FdStorage {
                     Some(n) => (n >= lowat, n, false),
                     None => (false, 0, false),
                 },
+                Kind::Pipe | Kind::Socket | Kind::Tty if nodata => {
+                    let r = if fresh { hint } else { poll_one(fd) };
+                    let eof = e.eof_rd || r.any(Readiness::HUP | Readiness::RDHUP);
+                    (r.any(Readiness::READABLE) || eof, 1, eof)
+                }
                 Kind::Pipe | Kind::Socket | Kind::Tty if e.fionread_ok => {
                     match sys::ioctl_int(fd, libc::FIONREAD) {
                         Ok(n) => {
                             let n = n as i64;
                             (n >= lowat || e.eof_rd, n, e.eof_rd)
                         }
+                        // The number was closed (a dup kept the file, and
+                        // so the registration, alive): nothing to report.
+                        Err(err) if err.raw_os_error() == Some(libc::EBADF) => return false,
                         Err(_) => {
                             e.fionread_ok = false;
                             let r = if fresh { hint } else { poll_one(fd) };
@@ -413,6 +441,7 @@ impl Storage for FdStorage {
                     let eof = e.eof_wr || r.any(Readiness::HUP | Readiness::ERROR);
                     let writable = r.any(Readiness::WRITABLE);
                     let data = match kind {
+                        _ if nodata => writable as i64,
                         Kind::Socket => {
                             if e.cap == 0 {
                                 e.cap = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF)

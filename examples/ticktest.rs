@@ -61,10 +61,15 @@ struct Args {
     /// Wake this many µs early and spin to each deadline (nanosleep only).
     #[arg(long, default_value_t = 0)]
     spin_us: u64,
-    /// Run the tick thread under SCHED_FIFO.
+    /// Run the tick thread under SCHED_FIFO (the kevent sources only).
     #[arg(long)]
     rt: bool,
-    /// Also run a plain timerfd loop and a naive 1 ms epoll_wait loop.
+    /// What the single run measures: the Ticker, or an EVFILT_TIMER knote
+    /// read through a kevent queue.
+    #[arg(long, value_enum, default_value_t = Via::Ticker)]
+    via: Via,
+    /// Also run a plain timerfd loop and a naive 1 ms epoll_wait loop (and
+    /// both kevent sources).
     #[arg(long)]
     compare: bool,
     /// Print one JSON object instead of the text report.
@@ -73,6 +78,12 @@ struct Args {
     /// Draw the lateness histogram and per-pass accuracy to this SVG file.
     #[arg(long)]
     plot: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Via {
+    Ticker,
+    Kqueue,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -124,6 +135,70 @@ impl Source for KeventSource {
             now_ns: t.now_ns,
         })
     }
+}
+
+/// An `EVFILT_TIMER` knote in a kevent queue (the timer storage), read with
+/// `kevent()`. Its grid starts when the change is applied; `start_ns` is
+/// read just before, so lateness is, if anything, overstated.
+struct KqueueSource {
+    kq: kevent_core::Kqueue,
+    start_ns: u64,
+    period_ns: u64,
+    seen: u64,
+}
+
+impl KqueueSource {
+    fn new(period_ns: u64, rt: bool) -> io::Result<Self> {
+        if rt {
+            set_fifo(50)?;
+        }
+        let kq = kevent_core::Kqueue::builder(kevent_core::Backend::Auto)?
+            .storage(Box::new(kevent_timer::TimerStorage::new()))
+            .build()?;
+        let start_ns = mono_ns();
+        let ch = kevent_timer::storage::timer(
+            1,
+            Duration::from_nanos(period_ns),
+            kevent_timer::MissedTickPolicy::Merge,
+            0,
+        );
+        kq.kevent(&[ch], &mut [], None)?;
+        Ok(KqueueSource {
+            kq,
+            start_ns,
+            period_ns,
+            seen: 0,
+        })
+    }
+}
+
+impl Source for KqueueSource {
+    fn next(&mut self) -> io::Result<Wake> {
+        let mut out = [kevent_core::Kevent::default(); 1];
+        loop {
+            if self.kq.kevent(&[], &mut out, None)? == 1 {
+                break;
+            }
+        }
+        let now_ns = mono_ns();
+        let count = out[0].data.max(0) as u64;
+        let deadline_ns = self.start_ns + (self.seen + 1) * self.period_ns;
+        self.seen += count;
+        Ok(Wake {
+            count,
+            deadline_ns,
+            now_ns,
+        })
+    }
+}
+
+fn set_fifo(priority: i32) -> io::Result<()> {
+    let p = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: pid 0 is the calling thread; `p` is a valid sched_param.
+    cvt(unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) })?;
+    Ok(())
 }
 
 /// The loop most code writes: a relative periodic timerfd, read per tick.
@@ -417,7 +492,18 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let period_ns = period.as_nanos() as u64;
     let rate = args.rate;
 
-    let reports: Vec<Report> = if !args.compare {
+    let reports: Vec<Report> = if !args.compare && args.via == Via::Kqueue {
+        let mut src = KqueueSource::new(period_ns, args.rt)?;
+        src.next()?;
+        let mut report = Report::new("kqueue", period);
+        report.run(&mut src, args.seconds, rate)?;
+        report.health = Some(format!(
+            "source: EVFILT_TIMER in a kevent queue ({:?} backend){}",
+            src.kq.backend(),
+            if args.rt { ", SCHED_FIFO 50" } else { "" }
+        ));
+        vec![report]
+    } else if !args.compare {
         let mut ticker = build_ticker(args)?;
         // The first tick binds the thread (slack, SCHED_FIFO): errors here
         // are the typed "not permitted" ones.
@@ -442,8 +528,15 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             Box::new(move || Ok(Box::new(TimerfdLoop::new(period_ns)?) as Box<dyn Source>));
         let epoll: Factory =
             Box::new(move || Ok(Box::new(EpollLoop::new(period_ns)?) as Box<dyn Source>));
+        let rt = args.rt;
+        let kqueue: Factory = Box::new(move || {
+            let mut src = KqueueSource::new(period_ns, rt)?;
+            src.next()?;
+            Ok(Box::new(src) as Box<dyn Source>)
+        });
         let runners = [
             spawn_runner("kevent", period, rate, kevent),
+            spawn_runner("kqueue", period, rate, kqueue),
             spawn_runner("timerfd", period, rate, timerfd),
             spawn_runner("epoll_wait", period, rate, epoll),
         ];
@@ -559,7 +652,7 @@ fn plot(path: &std::path::Path, reports: &[Report]) -> Result<(), Box<dyn std::e
     let root = SVGBackend::new(path, (900, 700)).into_drawing_area();
     root.fill(&WHITE)?;
     let (top, bottom) = root.split_vertically(380);
-    let colors = [BLUE, RED, GREEN];
+    let colors = [BLUE, MAGENTA, RED, GREEN];
 
     // Lateness histogram: 60 linear bins up to the largest p99.9, log counts.
     let hi_us = reports

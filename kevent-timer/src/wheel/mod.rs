@@ -449,7 +449,7 @@ impl TickClock {
     pub fn deadline_tick(&self, t: Instant) -> u64 {
         let d = t.saturating_duration_since(self.origin);
         let ms = d.as_millis();
-        let ms = if d.subsec_nanos() % 1_000_000 != 0 {
+        let ms = if !d.subsec_nanos().is_multiple_of(1_000_000) {
             ms + 1
         } else {
             ms

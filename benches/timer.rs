@@ -9,6 +9,12 @@
 //! - `timerfd_per_timer`: `timerfd_create` + `timerfd_settime` + `close`
 //!   per timer, what libkqueue does for each EVFILT_TIMER knote.
 //!
+//! A second group, `timer_arm_10k`, re-arms 10 000 existing timers with
+//! new deadlines: through one `kevent()` call carrying 10 000 `ADD`
+//! changes to a queue with the `EVFILT_TIMER` storage, against
+//! `tokio::time::Sleep::reset` on 10 000 registered sleeps of a
+//! current-thread runtime.
+//!
 //! Every structure first holds 10 000 live timers spread over a minute
 //! (a server's idle connections), then each iteration inserts a batch of
 //! timers with deadlines spread over 60 s and cancels them in another
@@ -22,8 +28,15 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::hint::black_box;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use kevent_timer::{Key, Wheel};
+use kevent_core::{Backend, Kevent, Kqueue};
+use kevent_timer::storage::timer;
+use kevent_timer::{Key, MissedTickPolicy, TimerStorage, Wheel};
 
 const BACKGROUND: usize = 10_000;
 const BATCH: usize = 1024;
@@ -183,5 +196,83 @@ fn insert_cancel(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, insert_cancel);
+const ARM: usize = 10_000;
+
+fn arm_10k(c: &mut Criterion) {
+    let spread = deadlines(ARM, 0xA57);
+    let mut group = c.benchmark_group("timer_arm_10k");
+    group.throughput(Throughput::Elements(ARM as u64));
+
+    for (name, backend) in [
+        ("kevent_epoll", Backend::Epoll),
+        ("kevent_uring", Backend::IoUring),
+    ] {
+        let Ok(kq) =
+            Kqueue::builder(backend).and_then(|b| b.storage(Box::new(TimerStorage::new())).build())
+        else {
+            eprintln!("{name}: backend unavailable, skipped");
+            continue;
+        };
+        // Two change lists with different deadlines (10–70 s), alternated
+        // so every re-ADD really moves its timer.
+        let lists: Vec<Vec<Kevent>> = [0u64, 1]
+            .iter()
+            .map(|&k| {
+                spread
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &d)| {
+                        let period = Duration::from_millis(10_000 + d + k);
+                        timer(i as u64, period, MissedTickPolicy::Merge, 0)
+                    })
+                    .collect()
+            })
+            .collect();
+        kq.kevent(&lists[0], &mut [], None).unwrap();
+        let mut flip = 0;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                flip ^= 1;
+                kq.kevent(black_box(&lists[flip]), &mut [], None).unwrap();
+            })
+        });
+    }
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let mut sleeps: Vec<Pin<Box<tokio::time::Sleep>>> = rt.block_on(async {
+        let mut v: Vec<_> = spread
+            .iter()
+            .map(|&d| Box::pin(tokio::time::sleep(Duration::from_millis(10_000 + d))))
+            .collect();
+        // Poll each once so it is registered with the driver, as a sleep
+        // awaited by a task is.
+        std::future::poll_fn(|cx| {
+            for s in v.iter_mut() {
+                let _ = s.as_mut().poll(cx);
+            }
+            Poll::Ready(())
+        })
+        .await;
+        v
+    });
+    let mut flip = 0u64;
+    group.bench_function("tokio_sleep_reset", |b| {
+        b.iter(|| {
+            flip ^= 1;
+            rt.block_on(async {
+                let now = tokio::time::Instant::now();
+                for (s, &d) in sleeps.iter_mut().zip(&spread) {
+                    s.as_mut()
+                        .reset(now + Duration::from_millis(10_000 + d + flip));
+                }
+            })
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, insert_cancel, arm_10k);
 criterion_main!(benches);

@@ -396,6 +396,16 @@ fn realtime_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
+/// `(monotonic, realtime)` now; the realtime read (three clock reads) only
+/// when an `ABSTIME` change needs it.
+fn clocks_for(fflags: u32) -> (u64, u64) {
+    if fflags & note::ABSTIME != 0 {
+        clocks_now()
+    } else {
+        (sys::monotonic_ns(), 0)
+    }
+}
+
 /// `(monotonic, realtime)` read as one instant: the pair whose realtime
 /// reads bracket the monotonic read most tightly of a few tries, so a
 /// preemption between the reads cannot skew an `ABSTIME` conversion.
@@ -424,7 +434,7 @@ impl Storage for TimerStorage {
     fn attach(&mut self, cx: &mut Context<'_>, kn: KnoteId) -> Result<(), Errno> {
         let k = cx.knote(kn);
         let oneshot = k.flags().contains(Flags::ONESHOT);
-        let (mono, real) = clocks_now();
+        let (mono, real) = clocks_for(k.sfflags());
         let spec = parse(k.sfflags(), k.sdata(), oneshot, mono, real)?;
         self.ensure_timerfd(cx)?;
         let k = cx.knote_mut(kn);
@@ -451,7 +461,7 @@ impl Storage for TimerStorage {
         }
         let k = cx.knote(kn);
         let oneshot = k.flags().contains(Flags::ONESHOT) || change.flags.contains(Flags::ONESHOT);
-        let (mono, real) = clocks_now();
+        let (mono, real) = clocks_for(change.fflags);
         let spec = parse(change.fflags, change.data, oneshot, mono, real)?;
         let idx = k.hook as usize;
         let k = cx.knote_mut(kn);

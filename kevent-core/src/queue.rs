@@ -241,8 +241,9 @@ impl Kqueue {
     /// in `events` with `ERROR` set and `data` = errno (0 for a successful
     /// receipt); if any such entry was written the call returns at once
     /// with just those entries. If a change fails and no room is left for
-    /// its entry, the call fails with that errno (later changes are not
-    /// applied).
+    /// its entry, the call fails with that errno; a `RECEIPT` change with
+    /// no room left ends the call with the entries written so far. Either
+    /// way later changes are not applied (FreeBSD's `kern_kevent_generic`).
     ///
     /// # Errors
     /// A change's errno as above; `EINTR` if a signal interrupted the wait
@@ -282,11 +283,13 @@ impl Kqueue {
             if res.is_err() || ch.flags.contains(Flags::RECEIPT) {
                 let errno = res.err().unwrap_or(0);
                 if nerr == events.len() {
+                    // FreeBSD (`kern_kevent_generic`): no room left for the
+                    // entry ends the call; later changes are not applied.
+                    self.after_changes(&mut st, true);
                     if errno != 0 {
-                        self.after_changes(&mut st, true);
                         return Err(io::Error::from_raw_os_error(errno));
                     }
-                    continue;
+                    return Ok(nerr);
                 }
                 let mut e = *ch;
                 e.flags = Flags::ERROR;

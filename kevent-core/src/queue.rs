@@ -26,7 +26,6 @@ use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Which kernel interface drives a queue.
@@ -128,16 +127,17 @@ pub struct Kqueue {
     cond: Condvar,
     sys: Sys,
     backend: Backend,
-    exposed: OnceLock<Exposed>,
+    exposed: Exposed,
 }
 
-/// The pollable face of a queue, made on first use of `as_fd()`: an epoll
-/// fd watching the backend's fd and an eventfd kept readable while the
-/// ready list is not empty.
+/// The pollable face of a queue: an epoll fd watching the backend's fd and
+/// an eventfd kept readable while the ready list is not empty (once
+/// `armed` by the first `as_fd()`; until then a queue pays nothing for it).
 #[derive(Debug)]
 struct Exposed {
     ep: OwnedFd,
     pending: OwnedFd,
+    armed: std::sync::atomic::AtomicBool,
     signalled: std::sync::atomic::AtomicBool,
 }
 
@@ -656,7 +656,10 @@ impl Kqueue {
 
     fn sync_exposed(&self, st: &State) {
         use std::sync::atomic::Ordering;
-        let Some(x) = self.exposed.get() else { return };
+        let x = &self.exposed;
+        if !x.armed.load(Ordering::Relaxed) {
+            return;
+        }
         let want = st.core.ready.count > 0 || st.closed;
         if want != x.signalled.load(Ordering::Relaxed) {
             x.signalled.store(want, Ordering::Relaxed);
@@ -667,50 +670,30 @@ impl Kqueue {
             };
         }
     }
+}
 
-    fn exposed(&self) -> &Exposed {
-        self.exposed.get_or_init(|| {
-            let make = || -> io::Result<Exposed> {
-                let ep = sys::syscall!(epoll_create1(libc::EPOLL_CLOEXEC))?;
-                // SAFETY: `ep` was just created and is owned by no one else.
-                let ep = unsafe { OwnedFd::from_raw_fd(ep) };
-                let pending = sys::eventfd()?;
-                for fd in [self.sys.pollable(), pending.as_raw_fd()] {
-                    let mut ev = libc::epoll_event {
-                        events: libc::EPOLLIN as u32,
-                        u64: fd as u64,
-                    };
-                    sys::syscall!(epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev))?;
-                }
-                Ok(Exposed {
-                    ep,
-                    pending,
-                    signalled: std::sync::atomic::AtomicBool::new(false),
-                })
+impl Exposed {
+    /// The pollable face: an epoll fd watching the backend's fd and an
+    /// eventfd that mirrors "the ready list is not empty". Built with the
+    /// queue (so errors surface from `Kqueue::new`), kept in sync only once
+    /// `as_fd()` was called.
+    fn new(backend_fd: RawFd) -> io::Result<Exposed> {
+        let ep = sys::syscall!(epoll_create1(libc::EPOLL_CLOEXEC))?;
+        // SAFETY: `ep` was just created and is owned by no one else.
+        let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+        let pending = sys::eventfd()?;
+        for fd in [backend_fd, pending.as_raw_fd()] {
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: fd as u64,
             };
-            match make() {
-                Ok(x) => x,
-                Err(e) => {
-                    // Fall back to the backend's own fd: readable for OS
-                    // events, though not for knotes queued in user space.
-                    log::warn!(
-                        "kevent: cannot build the queue's pollable fd ({e}); using the backend fd"
-                    );
-                    // SAFETY: dup of a live fd we own.
-                    let dup = unsafe { libc::fcntl(self.sys.pollable(), libc::F_DUPFD_CLOEXEC, 0) };
-                    // SAFETY: `dup` is a fresh fd (or -1, checked by OwnedFd's
-                    // invariant below: -1 is never passed).
-                    let ep = unsafe {
-                        OwnedFd::from_raw_fd(if dup < 0 { self.sys.pollable() } else { dup })
-                    };
-                    let pending = sys::eventfd().expect("eventfd");
-                    Exposed {
-                        ep,
-                        pending,
-                        signalled: std::sync::atomic::AtomicBool::new(false),
-                    }
-                }
-            }
+            sys::syscall!(epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev))?;
+        }
+        Ok(Exposed {
+            ep,
+            pending,
+            armed: std::sync::atomic::AtomicBool::new(false),
+            signalled: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -718,15 +701,15 @@ impl Kqueue {
 impl AsFd for Kqueue {
     /// An fd readable while events are pending (the ready list is not
     /// empty or the backend has events), so a queue nests in another queue
-    /// (`Filter::Read`), in epoll, or in tokio's `AsyncFd`. Made on first
-    /// use; until then a queue pays nothing for it.
+    /// (`Filter::Read`), in epoll, or in tokio's `AsyncFd`. It is kept in
+    /// sync from the first call on; until then a queue pays nothing for it.
     fn as_fd(&self) -> BorrowedFd<'_> {
-        let x = self.exposed();
-        {
+        use std::sync::atomic::Ordering;
+        if !self.exposed.armed.swap(true, Ordering::Relaxed) {
             let st = self.state.lock();
             self.sync_exposed(&st);
         }
-        x.ep.as_fd()
+        self.exposed.ep.as_fd()
     }
 }
 
@@ -820,6 +803,7 @@ impl Builder {
                 timed.push(i as u8);
             }
         }
+        let exposed = Exposed::new(self.sys.pollable())?;
         Ok(Kqueue {
             state: Mutex::new(State {
                 core: Core::default(),
@@ -836,7 +820,7 @@ impl Builder {
             cond: Condvar::new(),
             sys: self.sys,
             backend: self.backend,
-            exposed: OnceLock::new(),
+            exposed,
         })
     }
 }

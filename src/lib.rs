@@ -97,6 +97,15 @@ impl Deref for Kqueue {
     }
 }
 
+impl kevent_net::QueueRef for Kqueue {
+    /// The core queue, so `kevent_net` sockets register in a facade queue
+    /// (`Arc<kevent::Kqueue>`).
+    #[inline]
+    fn queue(&self) -> &kevent_core::Kqueue {
+        &self.0
+    }
+}
+
 impl AsRef<kevent_core::Kqueue> for Kqueue {
     fn as_ref(&self) -> &kevent_core::Kqueue {
         &self.0

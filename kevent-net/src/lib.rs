@@ -40,6 +40,8 @@ pub use channel::{ReadChunk, WriteChunk};
 
 mod classifier;
 mod pool;
+#[cfg(not(loom))]
+mod socket;
 
 pub use classifier::{
     Classifier, ClassifierError, DispatchError, FlowKey, FlowStats, Route, PROTO_TCP, PROTO_UDP,
@@ -47,3 +49,5 @@ pub use classifier::{
 pub use pool::{
     Buf, BufferPool, PoolError, DEFAULT_BUF_SIZE, MAX_BUF_SIZE, MIN_BUF_SIZE, REGION_ALIGN,
 };
+#[cfg(not(loom))]
+pub use socket::{Interest, KnoteOpts, QueueRef, Registration, TcpListener, TcpStream, UdpSocket};

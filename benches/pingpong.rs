@@ -1,0 +1,311 @@
+//! TCP loopback ping-pong of 64-byte messages, one round trip per
+//! iteration: (a) both ends in one event loop, (b) one thread per side.
+//! Peers in one group so the report reads as a ratio: kevent on io_uring,
+//! kevent on epoll, raw mio, tokio current-thread.
+//!
+//! ```text
+//! cargo bench --bench pingpong -- --warm-up-time 1 --measurement-time 3
+//! ```
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use kevent::{Backend, Filter, Flags, Kevent, Kqueue};
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+const MSG: usize = 64;
+
+fn pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (s, _) = l.accept().unwrap();
+    for t in [&c, &s] {
+        t.set_nodelay(true).unwrap();
+        t.set_nonblocking(true).unwrap();
+    }
+    (c, s)
+}
+
+/// Read what is there into `buf[*have..]`; `Ok(true)` once `MSG` bytes are in.
+fn read_some(mut s: &TcpStream, buf: &mut [u8; MSG], have: &mut usize) -> io::Result<bool> {
+    loop {
+        match s.read(&mut buf[*have..]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                *have += n;
+                if *have == MSG {
+                    *have = 0;
+                    return Ok(true);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn send(mut s: &TcpStream, buf: &[u8; MSG]) {
+    // 64 bytes always fit an idle loopback socket's send buffer.
+    assert_eq!(s.write(buf).unwrap(), MSG);
+}
+
+// ---- kevent -------------------------------------------------------------
+
+fn kq_register(kq: &Kqueue, socks: &[&TcpStream]) {
+    let ch: Vec<Kevent> = socks
+        .iter()
+        .map(|s| {
+            let fd = s.as_raw_fd() as u64;
+            Kevent::new(fd, Filter::Read, Flags::ADD | Flags::CLEAR, 0, 0, fd)
+        })
+        .collect();
+    let mut out = [Kevent::default(); 4];
+    kq.kevent(&ch, &mut out, Some(Duration::ZERO)).unwrap();
+}
+
+/// Wait until `s` holds a full message (CLEAR READ knote registered).
+fn kq_recv(kq: &Kqueue, s: &TcpStream, buf: &mut [u8; MSG], out: &mut [Kevent]) {
+    let mut have = 0;
+    while !read_some(s, buf, &mut have).unwrap() {
+        kq.kevent(&[], out, None).unwrap();
+    }
+}
+
+fn kevent_one_loop(b: Backend, iters: u64) -> Duration {
+    let kq = Kqueue::with_backend(b).unwrap();
+    assert_eq!(kq.backend(), b);
+    let (c, s) = pair();
+    kq_register(&kq, &[&c, &s]);
+    let mut buf = [7u8; MSG];
+    let mut out = [Kevent::default(); 8];
+    let (cfd, sfd) = (c.as_raw_fd() as u64, s.as_raw_fd() as u64);
+    let (mut chave, mut shave) = (0, 0);
+    let start = Instant::now();
+    for _ in 0..iters {
+        send(&c, &buf);
+        // Drive both ends from the one loop until the client has its echo.
+        let mut done = false;
+        while !done {
+            let n = kq.kevent(&[], &mut out, None).unwrap();
+            for e in &out[..n] {
+                if e.ident == sfd && read_some(&s, &mut buf, &mut shave).unwrap() {
+                    send(&s, &buf);
+                } else if e.ident == cfd && read_some(&c, &mut buf, &mut chave).unwrap() {
+                    done = true;
+                }
+            }
+        }
+    }
+    start.elapsed()
+}
+
+fn kevent_two_threads(b: Backend, iters: u64) -> Duration {
+    let (c, s) = pair();
+    let server = std::thread::spawn(move || {
+        let kq = Kqueue::with_backend(b).unwrap();
+        kq_register(&kq, &[&s]);
+        let mut buf = [0u8; MSG];
+        let mut out = [Kevent::default(); 4];
+        let mut have = 0;
+        loop {
+            match read_some(&s, &mut buf, &mut have) {
+                Ok(true) => send(&s, &buf),
+                Ok(false) => {
+                    kq.kevent(&[], &mut out, None).unwrap();
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    let kq = Kqueue::with_backend(b).unwrap();
+    kq_register(&kq, &[&c]);
+    let mut buf = [7u8; MSG];
+    let mut out = [Kevent::default(); 4];
+    let start = Instant::now();
+    for _ in 0..iters {
+        send(&c, &buf);
+        kq_recv(&kq, &c, &mut buf, &mut out);
+    }
+    let t = start.elapsed();
+    drop(c);
+    server.join().unwrap();
+    t
+}
+
+// ---- mio ----------------------------------------------------------------
+
+fn mio_one_loop(iters: u64) -> Duration {
+    use mio::{Events, Interest, Poll, Token};
+    let (c, s) = pair();
+    let mut poll = Poll::new().unwrap();
+    let mut mc = mio::net::TcpStream::from_std(c);
+    let mut ms = mio::net::TcpStream::from_std(s);
+    poll.registry()
+        .register(&mut mc, Token(0), Interest::READABLE)
+        .unwrap();
+    poll.registry()
+        .register(&mut ms, Token(1), Interest::READABLE)
+        .unwrap();
+    let c = as_std(&mc);
+    let s = as_std(&ms);
+    let mut events = Events::with_capacity(8);
+    let mut buf = [7u8; MSG];
+    let (mut chave, mut shave) = (0, 0);
+    let start = Instant::now();
+    for _ in 0..iters {
+        send(&c, &buf);
+        let mut done = false;
+        while !done {
+            poll.poll(&mut events, None).unwrap();
+            for e in events.iter() {
+                if e.token() == Token(1) && read_some(&s, &mut buf, &mut shave).unwrap() {
+                    send(&s, &buf);
+                } else if e.token() == Token(0) && read_some(&c, &mut buf, &mut chave).unwrap() {
+                    done = true;
+                }
+            }
+        }
+    }
+    start.elapsed()
+}
+
+/// A `TcpStream` sharing `m`'s fd; the caller forgets it so the fd is
+/// closed once, by `m`.
+fn as_std(m: &mio::net::TcpStream) -> std::mem::ManuallyDrop<TcpStream> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the fd is live while `m` is; ManuallyDrop never closes it.
+    std::mem::ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(m.as_raw_fd()) })
+}
+
+fn mio_wait_readable(poll: &mut mio::Poll, events: &mut mio::Events) {
+    poll.poll(events, None).unwrap();
+}
+
+fn mio_two_threads(iters: u64) -> Duration {
+    use mio::{Events, Interest, Poll, Token};
+    let (c, s) = pair();
+    let server = std::thread::spawn(move || {
+        let mut poll = Poll::new().unwrap();
+        let mut ms = mio::net::TcpStream::from_std(s);
+        poll.registry()
+            .register(&mut ms, Token(1), Interest::READABLE)
+            .unwrap();
+        let s = as_std(&ms);
+        let mut events = Events::with_capacity(4);
+        let mut buf = [0u8; MSG];
+        let mut have = 0;
+        loop {
+            match read_some(&s, &mut buf, &mut have) {
+                Ok(true) => send(&s, &buf),
+                Ok(false) => mio_wait_readable(&mut poll, &mut events),
+                Err(_) => return,
+            }
+        }
+    });
+    let mut poll = Poll::new().unwrap();
+    let mut mc = mio::net::TcpStream::from_std(c);
+    poll.registry()
+        .register(&mut mc, Token(0), Interest::READABLE)
+        .unwrap();
+    let mut events = Events::with_capacity(4);
+    let mut buf = [7u8; MSG];
+    let start = Instant::now();
+    {
+        let c = as_std(&mc);
+        for _ in 0..iters {
+            send(&c, &buf);
+            let mut have = 0;
+            while !read_some(&c, &mut buf, &mut have).unwrap() {
+                mio_wait_readable(&mut poll, &mut events);
+            }
+        }
+    }
+    let t = start.elapsed();
+    drop(mc);
+    server.join().unwrap();
+    t
+}
+
+// ---- tokio current-thread -------------------------------------------------
+
+async fn tokio_echo(mut s: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = [0u8; MSG];
+    while s.read_exact(&mut buf).await.is_ok() {
+        if s.write_all(&buf).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn tokio_client(mut c: tokio::net::TcpStream, iters: u64) -> Duration {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = [7u8; MSG];
+    let start = Instant::now();
+    for _ in 0..iters {
+        c.write_all(&buf).await.unwrap();
+        c.read_exact(&mut buf).await.unwrap();
+    }
+    start.elapsed()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn tokio_one_loop(iters: u64) -> Duration {
+    let (c, s) = pair();
+    rt().block_on(async move {
+        let c = tokio::net::TcpStream::from_std(c).unwrap();
+        let s = tokio::net::TcpStream::from_std(s).unwrap();
+        let server = tokio::spawn(tokio_echo(s));
+        let t = tokio_client(c, iters).await;
+        server.abort();
+        t
+    })
+}
+
+fn tokio_two_threads(iters: u64) -> Duration {
+    let (c, s) = pair();
+    let server = std::thread::spawn(move || {
+        rt().block_on(async move { tokio_echo(tokio::net::TcpStream::from_std(s).unwrap()).await })
+    });
+    let t = rt().block_on(async move {
+        tokio_client(tokio::net::TcpStream::from_std(c).unwrap(), iters).await
+    });
+    server.join().unwrap();
+    t
+}
+
+fn pingpong(cr: &mut Criterion) {
+    let uring = Kqueue::with_backend(Backend::IoUring).is_ok();
+    let mut g = cr.benchmark_group("pingpong");
+    if uring {
+        g.bench_function("one_loop/kevent-uring", |b| {
+            b.iter_custom(|n| kevent_one_loop(Backend::IoUring, n))
+        });
+    }
+    g.bench_function("one_loop/kevent-epoll", |b| {
+        b.iter_custom(|n| kevent_one_loop(Backend::Epoll, n))
+    });
+    g.bench_function("one_loop/mio", |b| b.iter_custom(mio_one_loop));
+    g.bench_function("one_loop/tokio", |b| b.iter_custom(tokio_one_loop));
+    if uring {
+        g.bench_function("two_threads/kevent-uring", |b| {
+            b.iter_custom(|n| kevent_two_threads(Backend::IoUring, n))
+        });
+    }
+    g.bench_function("two_threads/kevent-epoll", |b| {
+        b.iter_custom(|n| kevent_two_threads(Backend::Epoll, n))
+    });
+    g.bench_function("two_threads/mio", |b| b.iter_custom(mio_two_threads));
+    g.bench_function("two_threads/tokio", |b| b.iter_custom(tokio_two_threads));
+    g.finish();
+}
+
+criterion_group!(benches, pingpong);
+criterion_main!(benches);

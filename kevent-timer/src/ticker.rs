@@ -64,13 +64,16 @@ pub enum WaitMethod {
 }
 
 impl Default for WaitMethod {
-    /// `Nanosleep`. Measured with `ticktest --method`, interleaved 1 s
-    /// passes on this 2-core VM: both wait on the same hrtimer, and with
-    /// slack at 1 ns neither is clearly tighter idle (p50 ≈ 55–65 µs,
-    /// p99 ≈ 75–90 µs for both: the cost is the VM's wake-up path, not the
-    /// syscall). `clock_nanosleep` keeps no kernel-side grid, so policies
-    /// that move the grid (`Delay`) need no re-arming syscall and a late
-    /// read cannot leave stale expirations behind; it needs no fd either.
+    /// `Nanosleep`. Both methods sleep on the same kind of hrtimer, and with
+    /// the thread's slack at 1 ns neither has an advantage in the kernel;
+    /// what is left is the VM's wake-up path. Measured with
+    /// `ticktest --method`, three interleaved 3 s runs each on the shared
+    /// 2-core VM (others' builds running, load 3–8): `clock_nanosleep` p50
+    /// 31–37 µs and 106–270 missed ticks per 3000; timerfd p50 37–42 µs and
+    /// 232–311 missed — nanosleep slightly tighter, within the noise of
+    /// that machine. It also keeps no kernel-side grid, so a policy that
+    /// moves the grid (`Delay`) needs no re-arming syscall, a late wake
+    /// leaves no stale expiration count behind, and no fd is needed.
     fn default() -> Self {
         WaitMethod::Nanosleep
     }

@@ -13,7 +13,7 @@
 //!
 //! Phases (all on 127.0.0.1, bounded, each stops by itself):
 //! 1. `serial` — connections one after another, one request each (the
-//!    seed's first httperf test);
+//!    seed's first httperf test; closed with `SO_LINGER 0` as below);
 //! 2. `rate N` — open loop at N new connections/s (1000 → 20000), one
 //!    request each, 1 s timeout; the client closes with `SO_LINGER 0` so
 //!    no TIME_WAIT piles up between runs (see BENCHMARKING.md);
@@ -405,6 +405,7 @@ fn run(args: Args) -> io::Result<()> {
                 &args.serial_conns.to_string(),
                 "--timeout",
                 "5",
+                "--linger0",
             ]),
         ));
     }
@@ -544,7 +545,9 @@ fn run(args: Args) -> io::Result<()> {
             .is_ok();
         if has {
             let s = &servers[0];
-            let (r, n) = (30000u64, 30000u64);
+            // Both clients leave TIME_WAIT behind (no linger tricks): 10k
+            // connections each stay inside the 28k ephemeral ports.
+            let (r, n) = (20000u64, 10000u64);
             drain_time_wait();
             eprint!("\rclient comparison: httperf --rate {r} ...            ");
             let hp = httperf_rate(s.port, r, n);

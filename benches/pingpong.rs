@@ -1,14 +1,16 @@
 //! TCP loopback ping-pong of 64-byte messages, one round trip per
 //! iteration: (a) both ends in one event loop, (b) one thread per side.
 //! Peers in one group so the report reads as a ratio: kevent on io_uring,
-//! kevent on epoll, raw mio, tokio current-thread.
+//! kevent on epoll, raw mio, tokio current-thread. kevent's READ knotes use
+//! `note::NODATA` (the loops read until `EAGAIN`, as mio's do, so the
+//! `FIONREAD` for `data` would be a syscall the peers do not make).
 //!
 //! ```text
 //! cargo bench --bench pingpong -- --warm-up-time 1 --measurement-time 3
 //! ```
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use kevent::{Backend, Filter, Flags, Kevent, Kqueue};
+use kevent::{note, Backend, Filter, Flags, Kevent, Kqueue};
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -57,7 +59,14 @@ fn kq_register(kq: &Kqueue, socks: &[&TcpStream]) {
         .iter()
         .map(|s| {
             let fd = s.as_raw_fd() as u64;
-            Kevent::new(fd, Filter::Read, Flags::ADD | Flags::CLEAR, 0, 0, fd)
+            Kevent::new(
+                fd,
+                Filter::Read,
+                Flags::ADD | Flags::CLEAR,
+                note::NODATA,
+                0,
+                fd,
+            )
         })
         .collect();
     let mut out = [Kevent::default(); 4];

@@ -84,9 +84,10 @@ impl Kqueue {
     }
 }
 
-/// Add the storages of `kevent-timer` and `kevent-net` to a core builder.
+/// Add the storages of the sibling crates to a core builder: today
+/// `kevent-timer`'s `Filter::Timer`.
 pub fn install_storages(b: Builder) -> Builder {
-    b
+    b.storage(Box::new(kevent_timer::TimerStorage::new()))
 }
 
 impl Deref for Kqueue {

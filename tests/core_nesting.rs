@@ -90,3 +90,40 @@ backend_test!(queue_in_raw_epoll, |b: Backend| {
     expect_event(&inner, 9, U);
     assert_eq!(wait(50), 0);
 });
+
+backend_test!(queue_in_tokio_async_fd, |b: Backend| {
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::io::unix::AsyncFd;
+    let kq = Arc::new(kq(b));
+    change(&kq, &[ev(5, U, Flags::ADD | Flags::CLEAR, 0, 0, 77)]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .unwrap();
+    let trigger = Arc::clone(&kq);
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        trigger.trigger(5).unwrap();
+    });
+    let got = rt.block_on(async {
+        let afd = AsyncFd::new(Arc::clone(&kq)).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut guard = tokio::time::timeout_at(deadline, afd.readable())
+                .await
+                .expect("the queue's fd never became readable")
+                .unwrap();
+            let mut out = [kevent::Kevent::default(); 4];
+            let n = kq.kevent(&[], &mut out, Some(Duration::ZERO)).unwrap();
+            if n > 0 {
+                break out[0];
+            }
+            // Spurious readiness (the backend's own fd): wait again.
+            guard.clear_ready();
+        }
+    });
+    t.join().unwrap();
+    assert_eq!((got.ident, got.filter, got.udata), (5, U, 77));
+});

@@ -36,12 +36,14 @@ pub use channel::{
     PushError, WaitPrep, MAX_CAPACITY,
 };
 #[cfg(not(loom))]
-pub use channel::{ReadChunk, WriteChunk};
+pub use channel::{wait_in, ChannelConsumer, ReadChunk, WriteChunk};
 
 mod classifier;
 mod pool;
 #[cfg(not(loom))]
 mod socket;
+#[cfg(not(loom))]
+pub mod source;
 
 pub use classifier::{
     Classifier, ClassifierError, DispatchError, FlowKey, FlowStats, Route, PROTO_TCP, PROTO_UDP,
@@ -49,5 +51,7 @@ pub use classifier::{
 pub use pool::{
     Buf, BufferPool, PoolError, DEFAULT_BUF_SIZE, MAX_BUF_SIZE, MIN_BUF_SIZE, REGION_ALIGN,
 };
+#[cfg(not(loom))]
+pub use source::{BatchSender, PacketSource, RecvMode, SourceStats};
 #[cfg(not(loom))]
 pub use socket::{Interest, KnoteOpts, QueueRef, Registration, TcpListener, TcpStream, UdpSocket};

@@ -258,6 +258,25 @@ impl BufferPool {
         k
     }
 
+    /// Appends up to `n` free buffer ids to `out` under one lock and returns
+    /// how many; fewer than `n` counts one exhaustion. The ids are owned by
+    /// the caller as if [`Buf::into_raw`] had produced them (for a receive
+    /// path handing them to the kernel); give them back with
+    /// [`free_raw_batch`](Self::free_raw_batch).
+    ///
+    /// Does not allocate if `out` has room for `n` more.
+    pub fn alloc_raw_batch(&self, n: usize, out: &mut Vec<u32>) -> usize {
+        let mut free = self.free_list();
+        let k = n.min(free.len());
+        let from = free.len() - k;
+        out.extend(free.drain(from..).rev());
+        drop(free);
+        if k < n {
+            self.exhaustions.fetch_add(1, Relaxed);
+        }
+        k
+    }
+
     /// Returns one buffer to the pool.
     ///
     /// A token of another pool is not taken (it is leaked): returning it

@@ -91,6 +91,8 @@ mod error;
 mod notify;
 mod producer;
 mod ring;
+#[cfg(not(loom))]
+mod queue;
 
 pub use consumer::{Consumer, WaitPrep};
 pub use desc::PacketDesc;
@@ -102,6 +104,8 @@ pub use producer::Producer;
 pub use consumer::ReadChunk;
 #[cfg(not(loom))]
 pub use producer::WriteChunk;
+#[cfg(not(loom))]
+pub use queue::{wait_in, ChannelConsumer};
 
 use crate::loom::Arc;
 use ring::Ring;

@@ -1,0 +1,357 @@
+//! The io_uring receive path: one multishot `IORING_OP_RECVMSG` on the
+//! source's own ring, reading into a provided-buffer ring filled from the
+//! pool.
+//!
+//! # Buffer ring
+//!
+//! `entries` slots of `io_uring_buf { addr: u64, len: u32, bid: u16,
+//! resv: u16 }` in one anonymous mapping; the tail is the `resv` field of
+//! slot 0 (`io_uring_buf_ring`), written only by us with Release. The
+//! kernel takes buffers in ring order and names each in a completion
+//! (`IORING_CQE_F_BUFFER`), so the slots `[consumed, tail)` are exactly the
+//! buffers the kernel holds. `bid` is the pool id (pools of at most 65536
+//! buffers).
+//!
+//! # Ownership
+//!
+//! A buffer is the kernel's from the moment its slot is published until a
+//! completion names it. On drop the request is cancelled and the ring
+//! drained until the request's final completion (no `F_MORE`); only then
+//! are the slots `[consumed, tail)` read back and their buffers returned
+//! to the pool. If that wait fails the buffers are leaked, never reused.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU16, Ordering::Release};
+
+use io_uring::{cqueue, opcode, types, IoUring};
+
+use super::{Sink, NAME_LEN};
+use crate::source::mmsg::count_error;
+
+const UD_RECV: u64 = 1;
+const UD_CANCEL: u64 = 2;
+const BGID: u16 = 0;
+
+/// `struct io_uring_recvmsg_out`: what the kernel writes at the start of
+/// each buffer of a multishot `recvmsg`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RecvMsgOut {
+    namelen: u32,
+    controllen: u32,
+    payloadlen: u32,
+    flags: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<RecvMsgOut>() == super::NAME_OFFSET);
+
+/// `struct io_uring_buf`.
+#[repr(C)]
+struct RingBuf {
+    addr: u64,
+    len: u32,
+    bid: u16,
+    resv: u16,
+}
+
+/// The anonymous mapping holding the buffer ring.
+struct BufRing {
+    ptr: *mut RingBuf,
+    entries: u16,
+    len: usize,
+}
+
+impl BufRing {
+    fn new(entries: u16) -> io::Result<Self> {
+        let len = (usize::from(entries) * std::mem::size_of::<RingBuf>()).max(4096);
+        // SAFETY: anonymous private mapping, no fd, no address hint.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            ptr: p.cast(),
+            entries,
+            len,
+        })
+    }
+
+    fn mask(&self) -> u16 {
+        self.entries - 1
+    }
+
+    /// The shared tail (`resv` of slot 0).
+    fn tail(&self) -> &AtomicU16 {
+        // SAFETY: `resv` of slot 0 is a 2-aligned u16 inside the mapping,
+        // only ever accessed atomically by us and the kernel.
+        unsafe { AtomicU16::from_ptr(std::ptr::addr_of_mut!((*self.ptr).resv)) }
+    }
+
+    /// Writes slot `pos & mask` (not its `resv`, which is the tail when
+    /// `pos & mask == 0`).
+    fn write(&self, pos: u16, addr: u64, len: u32, bid: u16) {
+        let i = usize::from(pos & self.mask());
+        // SAFETY: `i < entries`, inside the mapping; the slot is not yet
+        // published (it lies at or past the tail), so the kernel does not
+        // read it; fields are written one by one to leave `resv` alone.
+        unsafe {
+            let s = self.ptr.add(i);
+            std::ptr::addr_of_mut!((*s).addr).write(addr);
+            std::ptr::addr_of_mut!((*s).len).write(len);
+            std::ptr::addr_of_mut!((*s).bid).write(bid);
+        }
+    }
+
+    /// The buffer id in slot `pos & mask`.
+    fn bid(&self, pos: u16) -> u16 {
+        let i = usize::from(pos & self.mask());
+        // SAFETY: inside the mapping; read only once the kernel no longer
+        // uses the ring (after unregistering) or for a slot we wrote.
+        unsafe { std::ptr::addr_of!((*self.ptr.add(i)).bid).read() }
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once; the kernel's
+        // registration is gone (unregistered, or the ring fd closed first:
+        // `UringRx` drops its ring before this field).
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+pub(crate) struct UringRx {
+    ring: IoUring,
+    br: BufRing,
+    /// Next slot we publish.
+    tail: u16,
+    /// Slots the kernel has consumed (completions with a buffer).
+    consumed: u16,
+    sock: RawFd,
+    /// The msghdr template of the request (name and control lengths).
+    msg: Box<libc::msghdr>,
+    armed: bool,
+    /// Ids taken from the pool for the next refill.
+    refill: Vec<u32>,
+    registered: bool,
+}
+
+// SAFETY: the raw pointers (buffer ring mapping, msghdr) are owned by this
+// value; the ring is used from one thread at a time through `&mut self`.
+unsafe impl Send for UringRx {}
+
+impl UringRx {
+    pub(crate) fn new(sock: RawFd, sink: &mut Sink, entries: u16) -> io::Result<Self> {
+        if !entries.is_power_of_two() || entries > 32768 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "ring_entries must be a power of two <= 32768",
+            ));
+        }
+        if sink.pool.count() > 65536 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a multishot source needs a pool of at most 65536 buffers",
+            ));
+        }
+        let ring = IoUring::builder()
+            .setup_cqsize(u32::from(entries) * 4)
+            .build(8)
+            .map_err(|e| io::Error::new(io::ErrorKind::Unsupported, e))?;
+        let br = BufRing::new(entries)?;
+        // SAFETY: the mapping is valid for `entries` slots and outlives the
+        // registration (unregistered in `shutdown`; or the ring, dropped
+        // before `br`, takes the registration with it).
+        unsafe {
+            ring.submitter()
+                .register_buf_ring_with_flags(br.ptr as u64, entries, BGID, 0)
+        }
+        .map_err(|e| io::Error::new(io::ErrorKind::Unsupported, e))?;
+        // SAFETY: all-zero msghdr is valid; only the lengths matter.
+        let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+        msg.msg_namelen = NAME_LEN as libc::socklen_t;
+        let mut rx = Self {
+            ring,
+            br,
+            tail: 0,
+            consumed: 0,
+            sock,
+            msg,
+            armed: false,
+            refill: Vec::with_capacity(usize::from(entries)),
+            registered: true,
+        };
+        rx.fill(sink);
+        Ok(rx)
+    }
+
+    pub(crate) fn entries(&self) -> u16 {
+        self.br.entries
+    }
+
+    pub(crate) fn ring_fd(&self) -> RawFd {
+        self.ring.as_raw_fd()
+    }
+
+    pub(crate) fn in_ring(&self) -> usize {
+        usize::from(self.tail.wrapping_sub(self.consumed))
+    }
+
+    /// Tops the buffer ring up from the pool and publishes the new tail.
+    fn fill(&mut self, sink: &mut Sink) {
+        let want = usize::from(self.br.entries) - self.in_ring();
+        if want == 0 {
+            return;
+        }
+        self.refill.clear();
+        if sink.pool.alloc_raw_batch(want, &mut self.refill) < want {
+            sink.stats.pool_empty += 1;
+        }
+        if self.refill.is_empty() {
+            return;
+        }
+        let size = sink.pool.buf_size() as u32;
+        for k in 0..self.refill.len() {
+            let id = self.refill[k];
+            let addr = sink.buf_addr(id) as u64;
+            self.br.write(self.tail, addr, size, id as u16);
+            self.tail = self.tail.wrapping_add(1);
+        }
+        // Release: the slot writes are visible before the kernel sees the
+        // tail (liburing's io_uring_buf_ring_advance).
+        self.br.tail().store(self.tail, Release);
+        self.refill.clear();
+    }
+
+    fn arm(&mut self, sink: &mut Sink) -> bool {
+        let e = opcode::RecvMsgMulti::new(types::Fd(self.sock), &*self.msg, BGID)
+            .build()
+            .user_data(UD_RECV);
+        // SAFETY: the msghdr is boxed and lives as long as `self`; the
+        // buffers come from the registered buffer ring.
+        if unsafe { self.ring.submission().push(&e) }.is_err() {
+            return false;
+        }
+        self.armed = true;
+        sink.stats.arms += 1;
+        true
+    }
+
+    /// Handles every completion in the CQ; returns how many.
+    fn reap(&mut self, sink: &mut Sink) -> usize {
+        let mut n = 0;
+        let size = sink.pool.buf_size();
+        loop {
+            let Some(cqe) = self.ring.completion().next() else {
+                break;
+            };
+            n += 1;
+            let (ud, res, flags) = (cqe.user_data(), cqe.result(), cqe.flags());
+            if ud != UD_RECV {
+                continue;
+            }
+            if !cqueue::more(flags) {
+                self.armed = false;
+            }
+            if let Some(bid) = cqueue::buffer_select(flags) {
+                self.consumed = self.consumed.wrapping_add(1);
+                let id = u32::from(bid);
+                if res < 0 {
+                    sink.drops.push(id);
+                    continue;
+                }
+                let base = sink.buf_addr(id);
+                // SAFETY: the completion hands buffer `id` back to us; the
+                // kernel wrote the header at its start (16 bytes < size).
+                let out = unsafe { base.cast::<RecvMsgOut>().read_unaligned() };
+                let truncated = out.flags & (libc::MSG_TRUNC as u32) != 0
+                    || out.payloadlen as usize > size - super::HEADROOM;
+                sink.deliver(id, out.payloadlen as usize, out.namelen as usize, truncated);
+            } else if res == -libc::ENOBUFS {
+                sink.stats.enobufs += 1;
+            } else if res < 0 {
+                count_error(sink, &io::Error::from_raw_os_error(-res));
+            }
+        }
+        n
+    }
+
+    pub(crate) fn poll(&mut self, sink: &mut Sink) -> io::Result<()> {
+        let mut reaped = self.reap(sink);
+        // Buffers the pool has again go back to the kernel before re-arming.
+        self.fill(sink);
+        if !self.armed {
+            if self.in_ring() == 0 {
+                sink.outcome.starved = true;
+            } else {
+                self.arm(sink);
+            }
+        }
+        let pending_sqe = !self.ring.submission().is_empty();
+        if reaped == 0 || pending_sqe {
+            // One enter submits a re-arm and runs pending task work, which
+            // posts completions of datagrams already received.
+            sink.stats.syscalls += 1;
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) => return Err(e),
+            }
+            reaped += self.reap(sink);
+            if reaped > 0 {
+                self.fill(sink);
+            }
+            if !self.armed && self.in_ring() > 0 && self.ring.submission().is_empty() {
+                // Ended again (e.g. ENOBUFS with what the kernel had):
+                // re-arm now so the next datagram completes.
+                self.arm(sink);
+                sink.stats.syscalls += 1;
+                self.ring.submit()?;
+            }
+        }
+        if self.in_ring() == 0 {
+            sink.outcome.starved = true;
+        }
+        Ok(())
+    }
+
+    /// Cancels the request, waits for its final completion, then returns
+    /// the buffers left in the buffer ring to the pool.
+    pub(crate) fn shutdown(&mut self, sink: &mut Sink) {
+        let mut tries = 0;
+        while self.armed && tries < 1000 {
+            tries += 1;
+            let c = opcode::AsyncCancel::new(UD_RECV)
+                .build()
+                .user_data(UD_CANCEL);
+            // SAFETY: a cancel carries no pointers.
+            let _ = unsafe { self.ring.submission().push(&c) };
+            let _ = self.ring.submit_and_wait(1);
+            self.reap(sink);
+        }
+        if self.armed {
+            // The kernel may still own every buffer in the ring: leak them.
+            return;
+        }
+        if self.registered && self.ring.submitter().unregister_buf_ring(BGID).is_ok() {
+            self.registered = false;
+            let mut pos = self.consumed;
+            while pos != self.tail {
+                sink.drops.push(u32::from(self.br.bid(pos)));
+                pos = pos.wrapping_add(1);
+            }
+            self.consumed = self.tail;
+        }
+    }
+}

@@ -22,7 +22,7 @@ backends_complete_test!();
 fn source(kq: &kevent::Kqueue, pool: &Arc<BufferPool>, channels: usize) -> PacketSource {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let c = Classifier::new(channels, 0).unwrap();
-    let src = PacketSource::for_queue(kq, sock, Arc::clone(pool), c).unwrap();
+    let mut src = PacketSource::for_queue(kq, sock, Arc::clone(pool), c).unwrap();
     match kq.backend() {
         Backend::IoUring => assert!(matches!(src.mode(), RecvMode::Multishot { .. })),
         _ => assert!(matches!(src.mode(), RecvMode::Mmsg { .. })),
@@ -224,4 +224,38 @@ backend_test!(full_channel_drops_are_counted, |b: Backend| {
     }
     drop(src);
     assert_eq!(pool.available(), 256);
+});
+
+backend_test!(the_sources_event_fires_in_the_queue, |b: Backend| {
+    let kq = util::kq(b);
+    let pool = Arc::new(BufferPool::new(64, 2048).unwrap());
+    let mut src = source(&kq, &pool, 1);
+    let (tx, mut rx) = channel(64).unwrap();
+    src.set_producer(0, tx).unwrap();
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut ev = [Kevent::default(); 4];
+    for round in 0..3u8 {
+        // Nothing pending: the queue stays quiet.
+        let n = kq
+            .kevent(&[], &mut ev, Some(Duration::from_millis(20)))
+            .unwrap();
+        assert_eq!(n, 0, "round {round}: {:?}", &ev[..n]);
+        peer.send_to(&[round], src.local_addr()).unwrap();
+        let t = Instant::now();
+        let n = kq
+            .kevent(&[], &mut ev, Some(Duration::from_secs(5)))
+            .unwrap();
+        assert!(t.elapsed() < Duration::from_secs(2));
+        assert_eq!(n, 1);
+        assert_eq!((ev[0].ident, ev[0].udata), (src.fd() as u64, 1));
+        assert_eq!(src.poll().unwrap().delivered, 1);
+        let d = rx.pop().unwrap();
+        // SAFETY: id from the channel, once.
+        let buf = unsafe { pool.from_raw(d.buf) }.unwrap();
+        assert_eq!(
+            payload(pool.bytes(&buf).unwrap(), d.len),
+            Some(&[round][..])
+        );
+        pool.free(buf);
+    }
 });

@@ -477,8 +477,10 @@ impl PacketSource {
         self.sock.as_fd()
     }
 
-    /// The fd to watch for `READ`: the socket (`Mmsg`, `PerPacket`) or the
-    /// source's ring (`Multishot`; readable while completions wait).
+    /// The fd to watch for `READ`: the socket (`Mmsg`, `PerPacket`) or,
+    /// for `Multishot`, the eventfd registered with the source's ring (the
+    /// ring runs with `DEFER_TASKRUN`: completions are posted by `poll`,
+    /// and the kernel signals this eventfd when it has some to post).
     #[must_use]
     pub fn fd(&self) -> RawFd {
         match &self.rx {
@@ -494,10 +496,13 @@ impl PacketSource {
     /// # Errors
     ///
     /// The queue's error for the `EV_ADD`.
-    pub fn register(&self, kq: &Kqueue, udata: u64) -> io::Result<u64> {
+    pub fn register(&mut self, kq: &Kqueue, udata: u64) -> io::Result<u64> {
         let ident = self.fd() as u64;
         let add = Kevent::new(ident, Filter::Read, Flags::ADD, note::NODATA, 0, udata);
         kq.kevent(&[add], &mut [], None)?;
+        if let Rx::Uring(u) = &mut self.rx {
+            u.set_watched();
+        }
         Ok(ident)
     }
 

@@ -21,17 +21,20 @@
 //! to the pool. If that wait fails the buffers are leaked, never reused.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU16, Ordering::Release};
 
 use io_uring::{cqueue, opcode, types, IoUring};
 
 use super::{Sink, NAME_LEN};
 use crate::source::mmsg::count_error;
+use crate::Notifier;
 
 const UD_RECV: u64 = 1;
 const UD_CANCEL: u64 = 2;
 const BGID: u16 = 0;
+/// `IORING_ENTER_GETEVENTS`.
+const ENTER_GETEVENTS: u32 = 1;
 
 /// `struct io_uring_recvmsg_out`: what the kernel writes at the start of
 /// each buffer of a multishot `recvmsg`.
@@ -144,6 +147,10 @@ pub(crate) struct UringRx {
     /// Ids taken from the pool for the next refill.
     refill: Vec<u32>,
     registered: bool,
+    /// Signalled by the kernel when task work (completions) is pending.
+    evfd: Notifier,
+    /// A queue watches `evfd`: drain it on every poll.
+    watched: bool,
 }
 
 // SAFETY: the raw pointers (buffer ring mapping, msghdr) are owned by this
@@ -164,9 +171,19 @@ impl UringRx {
                 "a multishot source needs a pool of at most 65536 buffers",
             ));
         }
+        // DEFER_TASKRUN: completions are posted only when this thread
+        // enters the ring (in `poll`), never by interrupting it; the
+        // registered eventfd tells a waiting queue that work is pending.
         let ring = IoUring::builder()
             .setup_cqsize(u32::from(entries) * 4)
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_taskrun_flag()
             .build(8)
+            .map_err(|e| io::Error::new(io::ErrorKind::Unsupported, e))?;
+        let evfd = Notifier::new()?;
+        ring.submitter()
+            .register_eventfd(evfd.as_fd().as_raw_fd())
             .map_err(|e| io::Error::new(io::ErrorKind::Unsupported, e))?;
         let br = BufRing::new(entries)?;
         // SAFETY: the mapping is valid for `entries` slots and outlives the
@@ -190,8 +207,14 @@ impl UringRx {
             armed: false,
             refill: Vec::with_capacity(usize::from(entries)),
             registered: true,
+            evfd,
+            watched: false,
         };
         rx.fill(sink);
+        // Armed from the start, so a queue watching the eventfd hears of
+        // the first datagram without a poll first.
+        rx.arm(sink);
+        rx.enter(sink)?;
         Ok(rx)
     }
 
@@ -199,8 +222,15 @@ impl UringRx {
         self.br.entries
     }
 
+    /// The eventfd a queue watches: readable when completions wait to be
+    /// posted (the ring fd itself is not woken for deferred task work).
     pub(crate) fn ring_fd(&self) -> RawFd {
-        self.ring.as_raw_fd()
+        self.evfd.as_fd().as_raw_fd()
+    }
+
+    /// A queue watches [`ring_fd`](Self::ring_fd): drain it on each poll.
+    pub(crate) fn set_watched(&mut self) {
+        self.watched = true;
     }
 
     pub(crate) fn in_ring(&self) -> usize {
@@ -286,40 +316,70 @@ impl UringRx {
         n
     }
 
+    /// `io_uring_enter(to_submit, 0, GETEVENTS)`: submits what is queued
+    /// and runs the deferred task work, which posts the completions of
+    /// datagrams the kernel has received meanwhile.
+    fn enter(&mut self, sink: &mut Sink) -> io::Result<()> {
+        let to_submit = self.ring.submission().len() as u32;
+        sink.stats.syscalls += 1;
+        // SAFETY: no argument pointer; the queued SQEs point only at the
+        // boxed msghdr, alive as long as `self`.
+        let r = unsafe {
+            self.ring
+                .submitter()
+                .enter::<libc::sigset_t>(to_submit, 0, ENTER_GETEVENTS, None)
+        };
+        match r {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     pub(crate) fn poll(&mut self, sink: &mut Sink) -> io::Result<()> {
         let mut reaped = self.reap(sink);
-        // Buffers the pool has again go back to the kernel before re-arming.
-        self.fill(sink);
-        if !self.armed {
-            if self.in_ring() == 0 {
-                sink.outcome.starved = true;
-            } else {
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            // Buffers the pool has again go back to the kernel before the
+            // request is re-armed.
+            self.fill(sink);
+            if !self.armed && self.in_ring() > 0 {
                 self.arm(sink);
             }
-        }
-        let pending_sqe = !self.ring.submission().is_empty();
-        if reaped == 0 || pending_sqe {
-            // One enter submits a re-arm and runs pending task work, which
-            // posts completions of datagrams already received.
+            let sq = self.ring.submission();
+            let (pending_sqe, taskrun) = (!sq.is_empty(), sq.taskrun());
+            drop(sq);
+            if reaped == 0 || pending_sqe || taskrun {
+                self.enter(sink)?;
+                reaped = self.reap(sink);
+                if rounds < 4 && (reaped > 0 || !self.armed) {
+                    continue;
+                }
+            }
+            if !self.watched || rounds >= 4 {
+                break;
+            }
+            // Posting completions signalled the eventfd too: clear it now,
+            // after the last enter, so the queue does not report them
+            // again. Work queued before this read but not run yet shows in
+            // the TASKRUN flag (go round again); work queued after it
+            // signals the eventfd anew: no wake-up is lost.
             sink.stats.syscalls += 1;
-            match self.ring.submit() {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
-                Err(e) => return Err(e),
+            let _ = self.evfd.drain();
+            if !self.ring.submission().taskrun() {
+                break;
             }
-            reaped += self.reap(sink);
-            if reaped > 0 {
-                self.fill(sink);
-            }
-            if !self.armed && self.in_ring() > 0 && self.ring.submission().is_empty() {
-                // Ended again (e.g. ENOBUFS with what the kernel had):
-                // re-arm now so the next datagram completes.
-                self.arm(sink);
-                sink.stats.syscalls += 1;
-                self.ring.submit()?;
-            }
+            reaped = 0;
         }
+        self.fill(sink);
         if self.in_ring() == 0 {
             sink.outcome.starved = true;
         }

@@ -101,6 +101,12 @@ pub(crate) struct Report {
     pub(crate) send_p99_us: f64,
     /// Frames dropped because they were too far ahead for the jitter buffer.
     pub(crate) overrun: u64,
+    /// Receive syscalls of the source.
+    pub(crate) rx_syscalls: u64,
+    /// Multishot receives armed (1 = never ended).
+    pub(crate) rx_arms: u64,
+    /// Multishot receives ended by an empty buffer ring.
+    pub(crate) rx_enobufs: u64,
     pub(crate) pps_in: f64,
     pub(crate) pps_out: f64,
     pub(crate) cpu_percent: f64,
@@ -376,6 +382,9 @@ pub(crate) fn run(cfg: &Config) -> io::Result<Report> {
         mix_p99_us: mix_hist.value_at_quantile(0.99) as f64 - 1.0,
         send_p99_us: send_hist.value_at_quantile(0.99) as f64 - 1.0,
         overrun: c.overrun,
+        rx_syscalls: st.syscalls - st0.syscalls,
+        rx_arms: st.arms - st0.arms,
+        rx_enobufs: st.enobufs - st0.enobufs,
         pps_in: (st.packets - st0.packets) as f64 / secs,
         pps_out: (c.sent - sent0) as f64 / secs,
         cpu_percent,

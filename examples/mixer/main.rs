@@ -201,6 +201,9 @@ fn main() -> ExitCode {
             "mix_p99_us": r.mix_p99_us,
             "send_p99_us": r.send_p99_us,
             "overrun": r.overrun,
+            "rx_syscalls": r.rx_syscalls,
+            "rx_arms": r.rx_arms,
+            "rx_enobufs": r.rx_enobufs,
             "pps_in": r.pps_in,
             "pps_out": r.pps_out,
             "cpu_percent": r.cpu_percent,
@@ -244,6 +247,13 @@ fn main() -> ExitCode {
             r.malformed,
             r.overrun,
             r.allocs_after_warmup.map_or("n/a".into(), |n| n.to_string())
+        );
+        println!(
+            "  receive: {} syscalls ({:.3} per packet), multishot re-arms {}, ENOBUFS {}",
+            r.rx_syscalls,
+            r.rx_syscalls as f64 / (r.pps_in * r.seconds).max(1.0),
+            r.rx_arms,
+            r.rx_enobufs
         );
         if let Some(s) = r.sim {
             println!(

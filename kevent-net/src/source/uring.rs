@@ -33,6 +33,11 @@ use crate::Notifier;
 const UD_RECV: u64 = 1;
 const UD_CANCEL: u64 = 2;
 const BGID: u16 = 0;
+/// Enters per poll at most. The kernel runs a multishot receive for a
+/// bounded number of datagrams per task-work pass (then requeues it), so
+/// one enter may post only part of a backlog: keep entering while it
+/// yields completions, up to this many times.
+const MAX_ROUNDS: usize = 64;
 /// `IORING_ENTER_GETEVENTS`.
 const ENTER_GETEVENTS: u32 = 1;
 
@@ -360,11 +365,11 @@ impl UringRx {
             if reaped == 0 || pending_sqe || taskrun {
                 self.enter(sink)?;
                 reaped = self.reap(sink);
-                if rounds < 4 && (reaped > 0 || !self.armed) {
+                if rounds < MAX_ROUNDS && (reaped > 0 || !self.armed) {
                     continue;
                 }
             }
-            if !self.watched || rounds >= 4 {
+            if !self.watched || rounds >= MAX_ROUNDS {
                 break;
             }
             // Posting completions signalled the eventfd too: clear it now,

@@ -319,7 +319,10 @@ impl Kqueue {
             let room = events.len() - got;
             // io_uring: with nothing queued, skip the peek; the blocking
             // wait submits and waits in one `io_uring_enter`.
-            let lazy = !poll_only && st.core.ready.count == 0 && self.sys.lazy_peek();
+            // With nothing queued, skip the zero-timeout peek: the blocking
+            // wait returns at once if the backend has events (one syscall
+            // instead of two per blocking call, on both backends).
+            let lazy = !poll_only && st.core.ready.count == 0;
             if !harvested && !lazy && st.core.ready.count < room && !st.polling {
                 if let Err(e) = self.harvest(&mut st, Some(Duration::ZERO)) {
                     break Err(e);
@@ -337,7 +340,7 @@ impl Kqueue {
                 Some(d) => match d.checked_duration_since(Instant::now()) {
                     Some(r) if !r.is_zero() => Some(r),
                     // Timed out before the backend was looked at: look once.
-                    _ if !harvested && !st.polling && self.sys.lazy_peek() => Some(Duration::ZERO),
+                    _ if !harvested && !st.polling => Some(Duration::ZERO),
                     _ => break Ok(got),
                 },
             };
@@ -364,7 +367,16 @@ impl Kqueue {
         if st.closed && got == 0 {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         }
-        if st.followers > 0 && (st.core.ready.count > 0 || !st.polling) {
+        // Events this call left on the ready list (its buffer was full)
+        // belong to another waiter: wake a follower, or the leader blocked
+        // in the backend; a follower also takes over an idle leadership.
+        if st.core.ready.count > 0 {
+            if st.followers > 0 {
+                self.cond.notify_one();
+            } else if st.polling {
+                let _ = self.sys.wake();
+            }
+        } else if st.followers > 0 && !st.polling {
             self.cond.notify_one();
         }
         self.sync_exposed(&st);
@@ -377,6 +389,7 @@ impl Kqueue {
         let mut st = self.state.lock();
         st.closed = true;
         self.cond.notify_all();
+        self.sync_exposed(&st);
         if st.polling {
             let _ = self.sys.wake();
         }
@@ -495,11 +508,16 @@ impl Kqueue {
             k.status |= DISABLED;
             core.ready.remove(k);
         }
-        if ch.flags.contains(Flags::ENABLE) && k.status & DISABLED != 0 {
+        if ch.flags.contains(Flags::ENABLE) {
             k.status &= !DISABLED;
-            if k.status & (ACTIVE | QUEUED) == ACTIVE {
-                core.ready.push(k, id.key);
-            }
+        }
+        // FreeBSD re-evaluates the filter after every change
+        // (`kqueue_register` calls `f_event`): queue the knote so that
+        // collection re-checks it; a condition that does not hold is
+        // dropped there undelivered.
+        if existing.is_some() && k.status & (DISABLED | QUEUED) == 0 {
+            k.status |= ACTIVE;
+            core.ready.push(k, id.key);
         }
         Ok(())
     }

@@ -21,8 +21,6 @@
 //! - `wake()`: make a concurrent or the next `wait` return; callable from
 //!   any thread.
 //! - `pollable()`: an fd readable while `wait` would return events.
-//! - `lazy_peek()`: whether a blocking `wait` is as cheap as a zero-timeout
-//!   one, so the queue should not peek first (io_uring).
 //!
 //! All methods take `&self`: a backend is internally synchronised so that
 //! `wait` runs without the queue's lock held while other threads register.
@@ -146,14 +144,6 @@ impl Sys {
             Sys::Epoll(ep) => ep.deregister(fd),
             Sys::IoUring(u) => u.deregister(fd, interest),
         }
-    }
-
-    /// Whether the queue should skip its non-blocking peek before a
-    /// blocking wait when nothing is queued: io_uring re-arms and waits in
-    /// one `io_uring_enter`, so a peek would double the syscalls.
-    #[inline]
-    pub(crate) fn lazy_peek(&self) -> bool {
-        matches!(self, Sys::IoUring(_))
     }
 
     #[inline]

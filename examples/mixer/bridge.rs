@@ -74,6 +74,8 @@ pub(crate) struct Config {
     pub(crate) verify: bool,
     /// CPU to pin the bridge to (the simulation goes to the other one).
     pub(crate) cpu: Option<usize>,
+    /// Run the bridge thread under `SCHED_FIFO` at this priority.
+    pub(crate) fifo: Option<i32>,
     /// Allocations made so far by the calling thread, if the binary
     /// counts them.
     pub(crate) alloc_count: Option<fn() -> u64>,
@@ -101,6 +103,9 @@ pub(crate) struct Report {
     pub(crate) send_p99_us: f64,
     /// Frames dropped because they were too far ahead for the jitter buffer.
     pub(crate) overrun: u64,
+    /// Participant frames of skipped intervals (deadline already passed
+    /// when the timer event was handled): not sent.
+    pub(crate) skipped_frames: u64,
     /// Receive syscalls of the source.
     pub(crate) rx_syscalls: u64,
     /// Multishot receives armed (1 = never ended).
@@ -153,6 +158,7 @@ struct Counters {
     missed: u64,
     malformed: u64,
     overrun: u64,
+    skipped: u64,
     sent: u64,
     send_dropped: u64,
 }
@@ -183,6 +189,15 @@ pub(crate) fn run(cfg: &Config) -> io::Result<Report> {
     }
     if let Some(c) = cfg.cpu {
         sim::pin(c);
+    }
+    if let Some(prio) = cfg.fifo {
+        let param = libc::sched_param {
+            sched_priority: prio.clamp(1, 99),
+        };
+        // SAFETY: sets this thread's policy from a valid sched_param.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
     }
     let samples = (cfg.rate * cfg.frame_ms / 1000) as usize;
     let frame_len = mix::RTP_HEADER + 2 * samples;
@@ -315,24 +330,29 @@ pub(crate) fn run(cfg: &Config) -> io::Result<Report> {
                         depth,
                     );
                     let mut send_time = Duration::ZERO;
-                    for _ in 0..exp {
-                        mix_round(
-                            &pool, &mut parts, &mut acc, &mut out, frame_len, samples, prebuffer,
-                            &mut c,
-                        );
-                        let ts = Instant::now();
-                        let st = sender.send_with(src.socket(), parts.len(), |i| {
-                            (&out[i * frame_len..(i + 1) * frame_len], parts[i].addr)
-                        });
-                        send_time += ts.elapsed();
-                        c.sent += st.sent as u64;
-                        c.send_dropped += (st.would_block + st.errors) as u64;
+                    // Intervals whose deadline already passed are not sent
+                    // late (a burst of stale audio would only push the next
+                    // deadline further away): their frames are played out
+                    // silently, then the current interval is mixed and sent.
+                    for _ in 1..exp {
+                        skip_round(&pool, &mut parts, samples, prebuffer, &mut c);
                     }
+                    mix_round(
+                        &pool, &mut parts, &mut acc, &mut out, frame_len, samples, prebuffer,
+                        &mut c,
+                    );
+                    let ts = Instant::now();
+                    let st = sender.send_with(src.socket(), parts.len(), |i| {
+                        (&out[i * frame_len..(i + 1) * frame_len], parts[i].addr)
+                    });
+                    send_time += ts.elapsed();
+                    c.sent += st.sent as u64;
+                    c.send_dropped += (st.would_block + st.errors) as u64;
                     c.ticks += exp;
                     let done = Instant::now();
                     // The mix of the last expiration must be out before the
                     // next frame is due; earlier ones merged into this event
-                    // missed theirs already.
+                    // missed theirs already (and were skipped).
                     let last_deadline = t0 + period * (k + 1) as u32;
                     c.missed += exp - 1 + u64::from(done > last_deadline);
                     let _ = tick_hist.record(late.as_micros() as u64 + 1);
@@ -382,6 +402,7 @@ pub(crate) fn run(cfg: &Config) -> io::Result<Report> {
         mix_p99_us: mix_hist.value_at_quantile(0.99) as f64 - 1.0,
         send_p99_us: send_hist.value_at_quantile(0.99) as f64 - 1.0,
         overrun: c.overrun,
+        skipped_frames: c.skipped,
         rx_syscalls: st.syscalls - st0.syscalls,
         rx_arms: st.arms - st0.arms,
         rx_enobufs: st.enobufs - st0.enobufs,
@@ -543,6 +564,26 @@ fn pick(
         }
         None => c.missing += 1,
     }
+}
+
+/// An interval whose deadline passed: each participant's due frame is
+/// taken from its jitter buffer and dropped, nothing is sent.
+fn skip_round(
+    pool: &BufferPool,
+    parts: &mut [Participant],
+    samples: usize,
+    prebuffer: usize,
+    c: &mut Counters,
+) {
+    for p in parts.iter_mut() {
+        pick(p, pool, samples, prebuffer, c);
+    }
+    c.skipped += parts.len() as u64;
+    pool.free_batch(
+        parts
+            .iter_mut()
+            .filter_map(|p| p.cur.take().map(|(b, _)| b)),
+    );
 }
 
 /// One mixing round over every participant; fills `out` (one frame per

@@ -133,6 +133,10 @@ struct Args {
     /// Pin the bridge to this CPU (the simulation goes to the other of 0/1).
     #[arg(long)]
     cpu: Option<usize>,
+    /// Run the bridge thread under SCHED_FIFO at this priority (1..99;
+    /// needs CAP_SYS_NICE), as a real-time bridge would.
+    #[arg(long)]
+    fifo: Option<i32>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -175,6 +179,7 @@ fn main() -> ExitCode {
         },
         verify: a.verify,
         cpu: a.cpu,
+        fifo: a.fifo,
         alloc_count: Some(allocs),
     };
     let r = match bridge::run(&cfg) {
@@ -201,6 +206,7 @@ fn main() -> ExitCode {
             "mix_p99_us": r.mix_p99_us,
             "send_p99_us": r.send_p99_us,
             "overrun": r.overrun,
+            "skipped_frames": r.skipped_frames,
             "rx_syscalls": r.rx_syscalls,
             "rx_arms": r.rx_arms,
             "rx_enobufs": r.rx_enobufs,
@@ -228,8 +234,8 @@ fn main() -> ExitCode {
             r.participants, a.frame_ms, a.rate, r.backend, r.recv_mode, r.seconds
         );
         println!(
-            "  ticks {}  frames mixed {}  late {}  missing (concealed) {}  deadlines missed {}",
-            r.ticks, r.frames_mixed, r.late_frames, r.missing_frames, r.deadlines_missed
+            "  ticks {}  frames mixed {}  late {}  missing (concealed) {}  deadlines missed {} (frames skipped {})",
+            r.ticks, r.frames_mixed, r.late_frames, r.missing_frames, r.deadlines_missed, r.skipped_frames
         );
         println!(
             "  tick lateness p50 {:.0} us  p99 {:.0} us  max {:.0} us   tick work p99 {:.0} us (sendmmsg {:.0} us)",

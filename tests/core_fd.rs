@@ -793,3 +793,100 @@ backend_test!(timeout_is_honoured, |b: Backend| {
     assert!(poll_now(&kq).is_empty());
     assert!(t.elapsed() < Duration::from_secs(1));
 });
+
+backend_test!(
+    regular_file_fires_again_when_written_after_eof,
+    |b: Backend| {
+        // FreeBSD wakes a regular file's READ knote on write (`tail -f`).
+        let kq = kq(b);
+        let path = TempPath::new("tailf");
+        std::fs::write(path.path(), b"abc").unwrap();
+        let mut f = std::fs::File::open(path.path()).unwrap();
+        change(&kq, &[ev(id(&f), R, Flags::ADD, 0, 0, 0)]);
+        expect_data(&kq, id(&f), R, 3);
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).unwrap();
+        expect_none(&kq, id(&f), R);
+        let mut w = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path.path())
+            .unwrap();
+        std::io::Write::write_all(&mut w, b"defg").unwrap();
+        expect_data(&kq, id(&f), R, 4);
+    }
+);
+
+backend_test!(
+    fifo_reopened_at_the_same_number_is_watched_again,
+    |b: Backend| {
+        // Same inode, same number, new open file: epoll dropped the old
+        // registration at close; the re-ADD must bring it back.
+        let kq = kq(b);
+        let path = TempPath::new("fifo");
+        let c = std::ffi::CString::new(path.path().as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let open_rw = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path.path())
+                .unwrap()
+        };
+        let first = open_rw();
+        let n = first.as_raw_fd();
+        change(&kq, &[ev(n as u64, R, Flags::ADD | Flags::CLEAR, 0, 0, 1)]);
+        drop(first);
+        let second = open_rw();
+        let second = if second.as_raw_fd() == n {
+            second
+        } else {
+            let fd = dup_onto(&second, n);
+            drop(second);
+            std::fs::File::from(fd)
+        };
+        change(&kq, &[ev(n as u64, R, Flags::ADD | Flags::CLEAR, 0, 0, 2)]);
+        expect_none(&kq, n as u64, R);
+        write_all(&second, b"z");
+        let e = expect_data(&kq, n as u64, R, 1);
+        assert_eq!(e.udata, 2);
+    }
+);
+
+backend_test!(leftover_events_wake_a_blocked_leader, |b: Backend| {
+    // A call whose buffer is full leaves ready events behind; a thread
+    // blocked in the backend must be woken for them.
+    use std::sync::Arc;
+    let kq = Arc::new(kq(b));
+    let waiter = {
+        let kq = Arc::clone(&kq);
+        std::thread::spawn(move || {
+            let mut out = [Kevent::default(); 4];
+            let t = Instant::now();
+            let n = kq
+                .kevent(&[], &mut out, Some(Duration::from_secs(5)))
+                .unwrap();
+            (n, t.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(150));
+    let u = Filter::User;
+    let mut one = [Kevent::default(); 1];
+    let n = kq
+        .kevent(
+            &[
+                ev(1, u, Flags::ADD | Flags::CLEAR, note::TRIGGER, 0, 0),
+                ev(2, u, Flags::ADD | Flags::CLEAR, note::TRIGGER, 0, 0),
+            ],
+            &mut one,
+            Some(Duration::ZERO),
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    let (got, waited) = waiter.join().unwrap();
+    assert_eq!(got, 1);
+    assert!(
+        waited < Duration::from_secs(3),
+        "woken only by its timeout: {waited:?}"
+    );
+});

@@ -108,7 +108,10 @@ backend_test!(queue_in_tokio_async_fd, |b: Backend| {
         trigger.trigger(5).unwrap();
     });
     let got = rt.block_on(async {
-        let afd = AsyncFd::new(Arc::clone(&kq)).unwrap();
+        // SAFETY: the queue's fd is owned by the queue, which this Arc
+        // keeps alive (and open) for the AsyncFd's whole life; as_raw_fd
+        // returns the same fd every time.
+        let afd = unsafe { AsyncFd::register(Arc::clone(&kq)) }.unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
             let mut guard = tokio::time::timeout_at(deadline, afd.readable())

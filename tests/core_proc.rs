@@ -167,3 +167,32 @@ backend_test!(
         assert_eq!(child.wait().unwrap().code(), Some(7));
     }
 );
+
+backend_test!(
+    late_exit_of_a_deleted_knote_is_not_reported,
+    |b: Backend| {
+        // The first child's exit is pending in the backend when its knote is
+        // deleted and a second child's knote takes the same slot: the late
+        // event must not report the live second child as exited.
+        let kq = kq(b);
+        let mut c1 = Command::new("sleep").arg("0.1").spawn().unwrap();
+        let p1 = c1.id() as u64;
+        change(&kq, &[ev(p1, P, Flags::ADD, note::EXIT, 0, 1)]);
+        // Alive now: nothing yet. The exit then lands in the backend unread.
+        let early = poll_now(&kq);
+        assert!(early.iter().all(|e| e.ident != p1), "{early:?}");
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        change(&kq, &[ev(p1, P, Flags::DELETE, 0, 0, 0)]);
+        c1.wait().unwrap();
+        let mut c2 = Command::new("sleep").arg("5").spawn().unwrap();
+        let p2 = c2.id() as u64;
+        change(&kq, &[ev(p2, P, Flags::ADD, note::EXIT, 0, 2)]);
+        let evs = drain(&kq, QUIET);
+        assert!(
+            evs.iter().all(|e| e.ident != p2),
+            "a live process reported as exited: {evs:?}"
+        );
+        c2.kill().unwrap();
+        c2.wait().unwrap();
+    }
+);

@@ -201,3 +201,52 @@ backend_test!(invalid_registrations, |b: Backend| {
         libc::EINVAL,
     );
 });
+
+backend_test!(closed_and_reused_fd_drops_the_old_knote, |b: Backend| {
+    // FreeBSD drops a VNODE knote when its fd is closed; a new file at the
+    // same number is a new registration, and the old file reports nothing.
+    let kq = kq(b);
+    let a = TempPath::new("vn-a");
+    let bp = TempPath::new("vn-b");
+    std::fs::write(a.path(), b"a").unwrap();
+    std::fs::write(bp.path(), b"b").unwrap();
+    let fa = File::open(a.path()).unwrap();
+    let n = fa.as_raw_fd_u64();
+    change(
+        &kq,
+        &[ev(n, V, Flags::ADD | Flags::CLEAR, note::WRITE, 0, 1)],
+    );
+    drop(fa);
+    let fb = File::open(bp.path()).unwrap();
+    assert_eq!(fb.as_raw_fd_u64(), n, "the number was not reused");
+    change(
+        &kq,
+        &[ev(n, V, Flags::ADD | Flags::CLEAR, note::WRITE, 0, 2)],
+    );
+    OpenOptions::new()
+        .append(true)
+        .open(a.path())
+        .unwrap()
+        .write_all(b"x")
+        .unwrap();
+    expect_none(&kq, n, V);
+    OpenOptions::new()
+        .append(true)
+        .open(bp.path())
+        .unwrap()
+        .write_all(b"y")
+        .unwrap();
+    let e = expect_event(&kq, n, V);
+    assert_eq!((e.fflags & note::WRITE, e.udata), (note::WRITE, 2));
+});
+
+trait RawU64 {
+    fn as_raw_fd_u64(&self) -> u64;
+}
+
+impl RawU64 for File {
+    fn as_raw_fd_u64(&self) -> u64 {
+        use std::os::fd::AsRawFd;
+        self.as_raw_fd() as u64
+    }
+}

@@ -18,7 +18,9 @@
 //! `data` = 1 and skip the per-event `ioctl`.
 //!
 //! A regular file's READ fires only while the offset is not at EOF, as on
-//! FreeBSD (`note::FILE_POLL` makes it fire unconditionally, as `poll(2)`).
+//! FreeBSD (`note::FILE_POLL` makes it fire unconditionally, as `poll(2)`);
+//! an inotify watch on the file brings it back when the file is written,
+//! as FreeBSD wakes the filter on write (`tail -f`).
 //!
 //! **Close and reuse.** Linux drops a closed fd from epoll silently. Each
 //! fd entry remembers the file's `(st_dev, st_ino)`; a change for the fd
@@ -98,6 +100,96 @@ pub(crate) struct FdStorage {
     next_gen: u32,
     /// `fstat` of the fd named by the change being resolved.
     last: Option<(RawFd, u64, u64, u32)>,
+    /// Regular files have no readiness edges; an inotify watch per file
+    /// re-activates their READ knotes when the file is written (FreeBSD
+    /// wakes `filt_vfsread` on write: the `tail -f` case).
+    files: FileWatches,
+}
+
+/// Payload tag of the fd storage's own inotify fd.
+const TAG_FILES: u8 = 3;
+
+#[derive(Debug, Default)]
+struct FileWatches {
+    ifd: Option<std::os::fd::OwnedFd>,
+    /// watch descriptor → READ knotes on that file.
+    knotes: std::collections::HashMap<i32, Vec<KnoteId>>,
+    /// knote key → watch descriptor.
+    wd_of: std::collections::HashMap<u32, i32>,
+    buf: Vec<u8>,
+}
+
+impl FileWatches {
+    fn add(&mut self, cx: &mut Context<'_>, fd: RawFd, id: KnoteId) -> Result<(), Errno> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EINVAL);
+        if self.ifd.is_none() {
+            let ifd = sys::syscall!(inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC))
+                .map_err(errno)?;
+            // SAFETY: a new fd returned by inotify_init1, owned by no one else.
+            let ifd = unsafe { OwnedFd::from_raw_fd(ifd) };
+            cx.watch_fd(ifd.as_raw_fd(), Interest::Read, payload_of(0, TAG_FILES, 0))
+                .map_err(errno)?;
+            self.ifd = Some(ifd);
+            self.buf = vec![0u8; 4096];
+        }
+        let ifd = self.ifd.as_ref().map_or(-1, |f| f.as_raw_fd());
+        let path =
+            std::ffi::CString::new(format!("/proc/self/fd/{fd}")).map_err(|_| libc::EINVAL)?;
+        let wd = sys::syscall!(inotify_add_watch(
+            ifd,
+            path.as_ptr(),
+            libc::IN_MODIFY | libc::IN_ATTRIB | libc::IN_CLOSE_WRITE
+        ))
+        .map_err(errno)?;
+        self.knotes.entry(wd).or_default().push(id);
+        self.wd_of.insert(id.key, wd);
+        Ok(())
+    }
+
+    fn remove(&mut self, id: KnoteId) {
+        use std::os::fd::AsRawFd;
+        let Some(wd) = self.wd_of.remove(&id.key) else {
+            return;
+        };
+        if let Some(list) = self.knotes.get_mut(&wd) {
+            list.retain(|k| *k != id);
+            if list.is_empty() {
+                self.knotes.remove(&wd);
+                if let Some(ifd) = &self.ifd {
+                    // SAFETY: plain syscall on our inotify fd.
+                    unsafe { libc::inotify_rm_watch(ifd.as_raw_fd(), wd) };
+                }
+            }
+        }
+    }
+
+    fn drain(&mut self, cx: &mut Context<'_>) {
+        use std::os::fd::AsRawFd;
+        let Some(ifd) = self.ifd.as_ref().map(|f| f.as_raw_fd()) else {
+            return;
+        };
+        let hdr = std::mem::size_of::<libc::inotify_event>();
+        while let Ok(n) = sys::syscall!(read(ifd, self.buf.as_mut_ptr().cast(), self.buf.len())) {
+            let n = n as usize;
+            if n == 0 {
+                break;
+            }
+            let mut off = 0;
+            while off + hdr <= n {
+                // SAFETY: the kernel wrote whole inotify_event records;
+                // read_unaligned copes with the byte buffer's alignment.
+                let ev: libc::inotify_event =
+                    unsafe { std::ptr::read_unaligned(self.buf.as_ptr().add(off).cast()) };
+                off += hdr + ev.len as usize;
+                if let Some(list) = self.knotes.get(&ev.wd) {
+                    for &id in list {
+                        cx.activate(id);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Payload layout: `[gen: 23 | tag: 2 | fd: 31]`; the tag says which
@@ -180,6 +272,7 @@ impl FdStorage {
     fn drop_entry(&mut self, cx: &mut Context<'_>, fd: RawFd) {
         if let Some(e) = self.fds.get_mut(fd as usize).and_then(|e| e.take()) {
             for id in [e.read, e.write].into_iter().flatten() {
+                self.files.remove(id);
                 cx.drop_knote(id);
             }
         }
@@ -254,6 +347,17 @@ impl Storage for FdStorage {
             e.write = Some(id);
         }
         if e.kind == Kind::Regular {
+            if is_read {
+                if let Err(err) = self.files.add(cx, fd, id) {
+                    if let Some(e) = self.entry(fd) {
+                        e.read = None;
+                        if e.write.is_none() {
+                            self.fds[fd as usize] = None;
+                        }
+                    }
+                    return Err(err);
+                }
+            }
             cx.activate(id);
             return Ok(());
         }
@@ -299,12 +403,35 @@ impl Storage for FdStorage {
         let k = cx.knote_mut(id);
         k.set_sfflags(ch.fflags);
         k.sdata = ch.data;
+        let (ident, is_read) = (k.ident(), k.filter() == Filter::Read);
+        // A file reopened at the same number with the same inode (a FIFO,
+        // a tty) passed `resolve`, but epoll dropped the old open file's
+        // registration at close: an `ADD` makes sure it is there (`ADD`,
+        // or `MOD` if it still is).
+        if ch.flags.contains(Flags::ADD) {
+            if let Ok(fd) = fd_of(ident) {
+                let per_knote = cx.per_knote_watches();
+                if let Some(e) = self.entry(fd).filter(|e| e.kind != Kind::Regular) {
+                    let bit = if is_read { 1 } else { 2 };
+                    let tag = if per_knote { bit } else { 0 };
+                    let interest = match if per_knote { bit } else { e.registered | bit } {
+                        1 => Interest::Read,
+                        2 => Interest::Write,
+                        _ => Interest::Both,
+                    };
+                    let payload = payload_of(e.gen, tag, fd);
+                    cx.watch_fd(fd, interest, payload)
+                        .map_err(|err| err.raw_os_error().unwrap_or(libc::EINVAL))?;
+                }
+            }
+        }
         // FreeBSD re-evaluates the filter after a change.
         cx.activate(id);
         Ok(())
     }
 
     fn detach(&mut self, cx: &mut Context<'_>, id: KnoteId) {
+        self.files.remove(id);
         let k = cx.knote(id);
         let Ok(fd) = fd_of(k.ident()) else { return };
         let is_read = k.filter() == Filter::Read;
@@ -339,6 +466,10 @@ impl Storage for FdStorage {
     fn os_event(&mut self, cx: &mut Context<'_>, payload: u64, ready: Readiness) {
         let fd = (payload & FD_MASK) as RawFd;
         let tag = (payload >> TAG_SHIFT) & 3;
+        if tag == TAG_FILES as u64 {
+            self.files.drain(cx);
+            return;
+        }
         let gen = (payload >> GEN_SHIFT) as u32;
         let Some(e) = self.entry(fd) else { return };
         if e.gen != gen {

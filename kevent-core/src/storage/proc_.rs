@@ -12,7 +12,7 @@
 //! and tracking have no unprivileged Linux equivalent and are refused with
 //! `EOPNOTSUPP`; an unknown pid is `ESRCH`.
 
-use super::{Context, Errno, Storage};
+use super::{Context, Errno, Storage, PAYLOAD_MASK};
 use crate::event::{note, Filter, Flags, Kevent};
 use crate::knote::KnoteId;
 use crate::sys::{self, Interest, Readiness};
@@ -24,7 +24,23 @@ const P_PIDFD: libc::idtype_t = 3;
 /// The PROC storage.
 #[derive(Debug, Default)]
 pub(crate) struct ProcStorage {
-    pidfds: HashMap<u32, (KnoteId, OwnedFd)>,
+    /// registration number (the token payload) → knote and pidfd. A
+    /// number is never reused, so a late event of a deleted registration
+    /// finds nothing (slab keys are reused at once).
+    pidfds: HashMap<u64, (KnoteId, OwnedFd)>,
+    /// knote key → registration number.
+    reg_of: HashMap<u32, u64>,
+    next_reg: u64,
+}
+
+/// Whether the pidfd is readable, i.e. the process has exited.
+fn exited(pidfd: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd: pidfd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    matches!(sys::syscall!(poll(&mut p, 1, 0)), Ok(1)) && p.revents & libc::POLLIN != 0
 }
 
 fn wait_status(pidfd: i32) -> i64 {
@@ -72,31 +88,43 @@ impl Storage for ProcStorage {
         }
         // SAFETY: a new fd returned by pidfd_open, owned by no one else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        cx.watch_fd(fd.as_raw_fd(), Interest::Read, id.key as u64)
+        self.next_reg += 1;
+        let reg = self.next_reg & PAYLOAD_MASK;
+        cx.watch_fd(fd.as_raw_fd(), Interest::Read, reg)
             .map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))?;
         cx.knote_mut(id).set_flags(Flags::CLEAR, true);
-        self.pidfds.insert(id.key, (id, fd));
+        self.pidfds.insert(reg, (id, fd));
+        self.reg_of.insert(id.key, reg);
         Ok(())
     }
 
     fn detach(&mut self, cx: &mut Context<'_>, id: KnoteId) {
-        if let Some((_, fd)) = self.pidfds.remove(&id.key) {
+        let Some(reg) = self.reg_of.remove(&id.key) else {
+            return;
+        };
+        if let Some((_, fd)) = self.pidfds.remove(&reg) {
             let _ = cx.unwatch_fd(fd.as_raw_fd());
         }
     }
 
     fn os_event(&mut self, cx: &mut Context<'_>, payload: u64, _ready: Readiness) {
-        let Some((id, fd)) = self.pidfds.get(&(payload as u32)) else {
+        let Some((id, fd)) = self.pidfds.get(&payload) else {
             return;
         };
         let (id, raw) = (*id, fd.as_raw_fd());
+        // A readable pidfd is the only proof of exit (a spurious or late
+        // wake-up must not report a live process as gone).
+        if !exited(raw) {
+            return;
+        }
         let status = wait_status(raw);
         if let Some(k) = cx.try_knote_mut(id) {
             let want = k.sfflags() & note::EXIT;
             if want == 0 {
                 // FreeBSD's EV_DROP: not subscribed to EXIT, nothing to
                 // report, and the knote ends with the process.
-                if let Some((_, fd)) = self.pidfds.remove(&id.key) {
+                self.reg_of.remove(&id.key);
+                if let Some((_, fd)) = self.pidfds.remove(&payload) {
                     let _ = cx.unwatch_fd(fd.as_raw_fd());
                 }
                 cx.drop_knote(id);

@@ -50,6 +50,9 @@ pub(crate) struct VnodeStorage {
     watches: HashMap<i32, Vec<KnoteId>>,
     /// knote key → watch descriptor.
     wd_of: HashMap<u32, i32>,
+    /// knote key → `(st_dev, st_ino)` of the file the fd named at `ADD`:
+    /// an fd closed and its number reused must not report the old file.
+    ident_of: HashMap<u32, (u64, u64)>,
     buf: Vec<u8>,
 }
 
@@ -84,13 +87,33 @@ impl Storage for VnodeStorage {
             .map_err(|e| e.raw_os_error().unwrap_or(libc::EBADF))?;
         self.watches.entry(wd).or_default().push(id);
         self.wd_of.insert(id.key, wd);
+        self.ident_of.insert(id.key, (st.st_dev, st.st_ino));
         let k = cx.knote_mut(id);
         k.hook = st.st_size as u64;
         k.hook2 = st.st_nlink;
         Ok(())
     }
 
+    fn resolve(&mut self, cx: &mut Context<'_>, ch: &Kevent) -> Result<(), Errno> {
+        if ch.ident > i32::MAX as u64 {
+            return Err(libc::EBADF);
+        }
+        let st = sys::fstat(ch.ident as i32).ok();
+        if let Some(id) = cx.lookup(ch.ident, Filter::Vnode) {
+            let same =
+                st.is_some_and(|st| self.ident_of.get(&id.key) == Some(&(st.st_dev, st.st_ino)));
+            if !same {
+                // The fd was closed (and maybe reused): the knote went with
+                // it, as FreeBSD drops knotes at close.
+                self.detach(cx, id);
+                cx.drop_knote(id);
+            }
+        }
+        st.map(drop).ok_or(libc::EBADF)
+    }
+
     fn detach(&mut self, _cx: &mut Context<'_>, id: KnoteId) {
+        self.ident_of.remove(&id.key);
         let Some(wd) = self.wd_of.remove(&id.key) else {
             return;
         };
@@ -136,7 +159,13 @@ impl Storage for VnodeStorage {
                     let mut notes = 0u32;
                     let m = ev.mask;
                     if m & (libc::IN_MODIFY | libc::IN_ATTRIB) != 0 {
-                        if let Ok(st) = sys::fstat(k.ident() as i32) {
+                        // Size and link count come from the fd, only while
+                        // it still names the watched file.
+                        let same = self.ident_of.get(&id.key).copied();
+                        if let Some(st) = sys::fstat(k.ident() as i32)
+                            .ok()
+                            .filter(|st| same == Some((st.st_dev, st.st_ino)))
+                        {
                             if m & libc::IN_MODIFY != 0 {
                                 notes |= note::WRITE;
                                 if st.st_size as u64 > k.hook {

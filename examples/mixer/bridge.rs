@@ -203,10 +203,10 @@ pub(crate) fn run(cfg: &Config) -> io::Result<Report> {
     let frame_len = mix::RTP_HEADER + 2 * samples;
     let period = Duration::from_millis(u64::from(cfg.frame_ms));
     let max_p = cfg.max_participants.max(cfg.simulate).max(1);
-    // Jitter buffer: start playing once `prebuffer` frames wait, so one
-    // frame of margin (plus the jitter's worth) absorbs arrival noise
-    // around the tick; room for a few more.
-    let prebuffer = 2 + cfg.jitter_ms.div_ceil(cfg.frame_ms) as usize;
+    // Jitter buffer: start playing once `prebuffer` frames wait, so at
+    // least 20 ms of margin (plus the jitter's worth) absorbs arrival
+    // noise around the tick; room for a few more.
+    let prebuffer = 1 + (cfg.jitter_ms + 20).div_ceil(cfg.frame_ms) as usize;
     let depth = (prebuffer + 3).next_power_of_two().max(4);
 
     let kq = Kqueue::with_backend(cfg.backend)?;

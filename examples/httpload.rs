@@ -69,6 +69,10 @@ struct Args {
     /// Kernel interface under the queue.
     #[arg(long, default_value = "auto")]
     backend: String,
+    /// Client threads, one queue each, sharing `--rate`, `--num-conns` and
+    /// `--concurrency` (the serial mode, `--rate 0`, always uses one).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     /// Print one JSON object instead of the httperf report.
     #[arg(long)]
     json: bool,
@@ -197,61 +201,135 @@ fn run(args: Args) -> io::Result<()> {
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
-    let kq = Arc::new(Kqueue::with_backend(backend)?);
     let request = format!(
         "GET {} HTTP/1.1\r\nUser-Agent: httpload/0.1\r\nHost: {}\r\n\r\n",
         args.uri, args.server
     )
     .into_bytes();
-    let now = Instant::now();
-    let mut l = Load {
-        timeout: Duration::from_secs_f64(args.timeout.max(0.001)),
-        args,
-        kq,
-        addr,
-        request,
-        slots: Vec::new(),
-        free: Vec::new(),
-        live: 0,
-        next_gen: 0,
-        rbuf: vec![0; RBUF],
-        now,
-        created: 0,
-        completed_conns: 0,
-        requests: 0,
-        replies: 0,
-        status: [0; 6],
-        header_bytes: 0,
-        body_bytes: 0,
-        bytes_out: 0,
-        bytes_in: 0,
-        max_concurrent: 0,
-        conn_time: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("bounds"),
-        connect_time_sum: 0.0,
-        connects: 0,
-        conn_time_sum: 0.0,
-        conn_time_sq: 0.0,
-        conn_time_min: f64::MAX,
-        conn_time_max: 0.0,
-        resp_time_sum: 0.0,
-        xfer_time_sum: 0.0,
-        latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("bounds"),
-        errors: Errors::default(),
-        samples: Vec::new(),
-        sample_start: now,
-        sample_replies: 0,
-    };
+    let serial = args.concurrency.is_none() && args.rate <= 0.0;
+    let threads = if serial { 1 } else { args.threads.max(1) };
+    let split = |n: u64, i: usize| n / threads as u64 + u64::from((i as u64) < n % threads as u64);
+    let mut loads = Vec::with_capacity(threads);
+    for i in 0..threads {
+        let mut a = args.clone();
+        a.rate = args.rate / threads as f64;
+        a.num_conns = split(args.num_conns, i);
+        a.concurrency = args.concurrency.map(|c| split(c as u64, i) as usize);
+        let kq = Arc::new(Kqueue::with_backend(backend)?);
+        loads.push(Load::new(a, kq, addr, request.clone()));
+    }
     let (u0, s0) = cpu_times();
     let t0 = Instant::now();
-    l.sample_start = t0;
-    l.drive(t0)?;
+    let mut handles = Vec::with_capacity(threads);
+    for mut l in loads {
+        handles.push(std::thread::spawn(move || {
+            l.sample_start = t0;
+            let r = l.drive(t0);
+            (l, r)
+        }));
+    }
+    let mut total: Option<Load> = None;
+    for h in handles {
+        let (l, r) = h
+            .join()
+            .map_err(|_| io::Error::other("a client thread panicked"))?;
+        r?;
+        match &mut total {
+            None => total = Some(l),
+            Some(t) => t.merge(l),
+        }
+    }
     let elapsed = t0.elapsed().as_secs_f64();
     let (u1, s1) = cpu_times();
+    let mut l = total.expect("one thread");
+    l.args = args;
     l.report(elapsed, u1 - u0, s1 - s0);
     Ok(())
 }
 
 impl Load {
+    fn new(args: Args, kq: Arc<Kqueue>, addr: SocketAddr, request: Vec<u8>) -> Load {
+        let now = Instant::now();
+        Load {
+            timeout: Duration::from_secs_f64(args.timeout.max(0.001)),
+            args,
+            kq,
+            addr,
+            request,
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            next_gen: 0,
+            rbuf: vec![0; RBUF],
+            now,
+            created: 0,
+            completed_conns: 0,
+            requests: 0,
+            replies: 0,
+            status: [0; 6],
+            header_bytes: 0,
+            body_bytes: 0,
+            bytes_out: 0,
+            bytes_in: 0,
+            max_concurrent: 0,
+            conn_time: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("bounds"),
+            connect_time_sum: 0.0,
+            connects: 0,
+            conn_time_sum: 0.0,
+            conn_time_sq: 0.0,
+            conn_time_min: f64::MAX,
+            conn_time_max: 0.0,
+            resp_time_sum: 0.0,
+            xfer_time_sum: 0.0,
+            latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("bounds"),
+            errors: Errors::default(),
+            samples: Vec::new(),
+            sample_start: now,
+            sample_replies: 0,
+        }
+    }
+
+    /// Add another thread's results to these.
+    fn merge(&mut self, o: Load) {
+        self.created += o.created;
+        self.completed_conns += o.completed_conns;
+        self.requests += o.requests;
+        self.replies += o.replies;
+        for (a, b) in self.status.iter_mut().zip(o.status) {
+            *a += b;
+        }
+        self.header_bytes += o.header_bytes;
+        self.body_bytes += o.body_bytes;
+        self.bytes_out += o.bytes_out;
+        self.bytes_in += o.bytes_in;
+        self.max_concurrent += o.max_concurrent;
+        let _ = self.conn_time.add(&o.conn_time);
+        self.connect_time_sum += o.connect_time_sum;
+        self.connects += o.connects;
+        self.conn_time_sum += o.conn_time_sum;
+        self.conn_time_sq += o.conn_time_sq;
+        self.conn_time_min = self.conn_time_min.min(o.conn_time_min);
+        self.conn_time_max = self.conn_time_max.max(o.conn_time_max);
+        self.resp_time_sum += o.resp_time_sum;
+        self.xfer_time_sum += o.xfer_time_sum;
+        let _ = self.latency.add(&o.latency);
+        let (e, f) = (&mut self.errors, o.errors);
+        e.client_timo += f.client_timo;
+        e.socket_timo += f.socket_timo;
+        e.connrefused += f.connrefused;
+        e.connreset += f.connreset;
+        e.fd_unavail += f.fd_unavail;
+        e.addrunavail += f.addrunavail;
+        e.other += f.other;
+        // Per-second reply-rate samples, taken on the same clock.
+        for (i, v) in o.samples.into_iter().enumerate() {
+            match self.samples.get_mut(i) {
+                Some(x) => *x += v,
+                None => self.samples.push(v),
+            }
+        }
+    }
+
     fn closed_loop(&self) -> bool {
         self.args.concurrency.is_some()
     }
@@ -360,7 +438,7 @@ impl Load {
         if self.args.linger0 {
             let _ = stream.set_linger_abort(true);
         }
-        let _ = stream.set_nodelay(true);
+        // No TCP_NODELAY: one request per round trip never meets Nagle.
         let slot = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -371,10 +449,30 @@ impl Load {
         self.next_gen = self.next_gen.wrapping_add(1);
         let gen = self.next_gen;
         let udata = (gen as u64) << 32 | slot as u64;
+        // On loopback the handshake is usually done when connect returns:
+        // write the request now, and wait for WRITE only if it would block.
+        let connected = match (&stream).write(&self.request) {
+            Ok(n) if n == self.request.len() => true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            Ok(_) => {
+                self.errors.other += 1;
+                self.free.push(slot);
+                return false;
+            }
+            Err(e) => {
+                self.count_error(&e);
+                self.free.push(slot);
+                return false;
+            }
+        };
         let mut c = Conn {
             stream,
             gen,
-            state: State::Connecting,
+            state: if connected {
+                State::Head
+            } else {
+                State::Connecting
+            },
             calls: 0,
             started: self.now,
             sent_at: self.now,
@@ -384,13 +482,25 @@ impl Load {
             body_left: 0,
             got_any: false,
         };
-        let r = c
-            .stream
-            .register(&self.kq, Interest::WRITE, KnoteOpts::oneshot(udata))
-            .and_then(|_| {
-                c.stream
-                    .register(&self.kq, Interest::READ, KnoteOpts::edge(udata))
-            });
+        if connected {
+            self.connects += 1;
+            self.requests += 1;
+            self.bytes_out += self.request.len() as u64;
+        }
+        // READ is CLEAR + NODATA: replies are read until complete, so the
+        // byte count (an ioctl per event) is not needed.
+        let read = KnoteOpts::edge(udata).with_nodata();
+        let r = if connected {
+            c.stream.register(&self.kq, Interest::READ, read)
+        } else {
+            c.stream
+                .register(
+                    &self.kq,
+                    Interest::WRITE,
+                    KnoteOpts::oneshot(udata).with_nodata(),
+                )
+                .and_then(|_| c.stream.register(&self.kq, Interest::READ, read))
+        };
         if let Err(e) = r {
             self.count_error(&e);
             self.free.push(slot);
@@ -424,7 +534,8 @@ impl Load {
                 self.conn_time_max = self.conn_time_max.max(t);
                 let _ = self.conn_time.record((t * 1e3).max(1.0) as u64);
             }
-            drop(c);
+            // No EV_DELETE: closing drops the knotes, as on FreeBSD.
+            c.stream.close_unregistered();
             self.free.push(slot);
             self.live -= 1;
         }

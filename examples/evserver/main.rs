@@ -330,7 +330,9 @@ impl Worker {
         others: Vec<Arc<Kqueue>>,
         signals: bool,
     ) -> io::Result<Worker> {
-        listener.register(&kq, Interest::READ, KnoteOpts::level(U_LISTENER))?;
+        // Accepted connections inherit TCP_NODELAY from the listener.
+        let _ = listener.set_nodelay(true);
+        listener.register(&kq, Interest::READ, KnoteOpts::edge(U_LISTENER))?;
         add_change(
             &kq,
             Kevent::new(
@@ -429,7 +431,7 @@ impl Worker {
                 if self.now >= p {
                     self.paused_until = None;
                     if let Some(l) = &mut self.listener {
-                        let _ = l.register(&self.kq, Interest::READ, KnoteOpts::level(U_LISTENER));
+                        let _ = l.register(&self.kq, Interest::READ, KnoteOpts::edge(U_LISTENER));
                     }
                 }
             }
@@ -460,8 +462,11 @@ impl Worker {
         }
     }
 
+    /// The listener's knote is `CLEAR` and its `data` is the backlog length
+    /// when the event was collected: accept that many (no `EAGAIN` call);
+    /// a connection arriving later makes a new edge.
     fn accept(&mut self, backlog: i64) {
-        let budget = backlog.clamp(1, 256);
+        let budget = backlog.max(1);
         for _ in 0..budget {
             let Some(l) = &self.listener else { return };
             match l.accept() {
@@ -484,8 +489,10 @@ impl Worker {
                             let _ = l.deregister(Interest::READ);
                         }
                         self.paused_until = Some(self.now + Duration::from_millis(100));
+                        return;
                     }
-                    return;
+                    // The knote is edge-triggered: refuse the rest of the
+                    // backlog too rather than leave it without an edge.
                 }
                 Err(_) => return,
             }
@@ -493,7 +500,6 @@ impl Worker {
     }
 
     fn add_conn(&mut self, s: TcpStream) {
-        let _ = s.set_nodelay(true);
         let slot = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -522,7 +528,11 @@ impl Worker {
         };
         let udata = (gen as u64) << 32 | slot as u64;
         if c.stream
-            .register(&self.kq, Interest::READ, KnoteOpts::edge(udata))
+            .register(
+                &self.kq,
+                Interest::READ,
+                KnoteOpts::edge(udata).with_nodata(),
+            )
             .is_err()
         {
             self.spare_bufs.push((c.rbuf, c.out));
@@ -532,6 +542,9 @@ impl Worker {
         self.stats.conns += 1;
         self.slots[slot as usize] = Some(c);
         self.live += 1;
+        // The request is usually there already (the client sent it right
+        // after its handshake): read now rather than wait for the edge.
+        self.drive(slot);
     }
 
     fn close(&mut self, slot: u32) {
@@ -542,7 +555,8 @@ impl Worker {
                 mut out,
                 ..
             } = c;
-            drop(stream);
+            // No EV_DELETE: closing drops the knote, as on FreeBSD.
+            stream.close_unregistered();
             out.clear();
             self.spare_bufs.push((rbuf, out));
             self.free.push(slot);
@@ -587,13 +601,12 @@ impl Worker {
                 c.write_armed = false;
             }
         }
-        if ev.filter == Filter::Read && ev.is_eof() && ev.data == 0 {
-            // Peer closed and nothing left to read.
-            let c = self.slots[slot as usize].as_ref().expect("checked");
-            if matches!(c.pending, Pending::None) || ev.fflags != 0 {
-                self.close(slot);
-                return;
-            }
+        if ev.filter == Filter::Read && ev.is_eof() && ev.fflags != 0 {
+            // Reset (the socket error is in fflags): nothing more can be
+            // sent. A plain EOF is read to the end by `drive` (the READ
+            // knote is NODATA: `data` says nothing of what is left).
+            self.close(slot);
+            return;
         }
         self.drive(slot);
     }

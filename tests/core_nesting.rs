@@ -130,3 +130,53 @@ backend_test!(queue_in_tokio_async_fd, |b: Backend| {
     t.join().unwrap();
     assert_eq!((got.ident, got.filter, got.udata), (5, U, 77));
 });
+
+backend_test!(
+    queue_fd_reports_fd_readiness_round_after_round,
+    |b: Backend| {
+        // Each round: fd readiness must make the queue's own fd readable again
+        // (io_uring once stopped after the first drain).
+        let kq = kq(b);
+        let (rx, tx) = pipe();
+        change(&kq, &[ev(id(&rx), R, Flags::ADD | Flags::CLEAR, 0, 0, 0)]);
+        // SAFETY: plain syscall; the fd is owned below.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        assert!(ep >= 0);
+        // SAFETY: `ep` is a fresh fd owned by no one else.
+        let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+        let mut e = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: 1,
+        };
+        // SAFETY: valid fds and event struct.
+        let rc =
+            unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, kq.as_raw_fd(), &mut e) };
+        assert_eq!(rc, 0);
+        let mut rx = rx;
+        for round in 0..4 {
+            write_all(&tx, b"x");
+            let mut out = [libc::epoll_event { events: 0, u64: 0 }; 4];
+            let n = loop {
+                // SAFETY: `out` has room for 4 events.
+                let n = unsafe { libc::epoll_wait(ep.as_raw_fd(), out.as_mut_ptr(), 4, 2000) };
+                if n >= 0
+                    || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+                {
+                    break n;
+                }
+            };
+            assert_eq!(n, 1, "round {round}: the queue's fd did not turn readable");
+            let evs = poll_now(&kq);
+            assert!(
+                evs.iter().any(|e| e.ident == id(&rx)),
+                "round {round}: {evs:?}"
+            );
+            read_n(&mut rx, 1);
+            // Every other round, one more call between rounds (it re-arms
+            // the backend's internal waits): both states must work.
+            if round % 2 == 1 {
+                let _ = poll_now(&kq);
+            }
+        }
+    }
+);

@@ -695,12 +695,16 @@ impl Exposed {
     /// eventfd that mirrors "the ready list is not empty". Built with the
     /// queue (so errors surface from `Kqueue::new`), kept in sync only once
     /// `as_fd()` was called.
-    fn new(backend_fd: RawFd) -> io::Result<Exposed> {
+    fn new(backend_fds: [RawFd; 3]) -> io::Result<Exposed> {
         let ep = sys::syscall!(epoll_create1(libc::EPOLL_CLOEXEC))?;
         // SAFETY: `ep` was just created and is owned by no one else.
         let ep = unsafe { OwnedFd::from_raw_fd(ep) };
         let pending = sys::eventfd()?;
-        for fd in [backend_fd, pending.as_raw_fd()] {
+        let [a, b, c] = backend_fds;
+        for fd in [a, b, c, pending.as_raw_fd()]
+            .into_iter()
+            .filter(|&fd| fd >= 0)
+        {
             let mut ev = libc::epoll_event {
                 events: libc::EPOLLIN as u32,
                 u64: fd as u64,
@@ -821,7 +825,7 @@ impl Builder {
                 timed.push(i as u8);
             }
         }
-        let exposed = Exposed::new(self.sys.pollable())?;
+        let exposed = Exposed::new(self.sys.readiness_fds())?;
         Ok(Kqueue {
             state: Mutex::new(State {
                 core: Core::default(),

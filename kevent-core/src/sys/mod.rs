@@ -174,6 +174,15 @@ impl Sys {
             Sys::IoUring(u) => u.pollable(),
         }
     }
+
+    /// The fds readable while the backend holds readiness events (what a
+    /// queue's own pollable fd must watch); `-1` for none.
+    pub(crate) fn readiness_fds(&self) -> [RawFd; 3] {
+        match self {
+            Sys::Epoll(ep) => [ep.pollable(), -1, -1],
+            Sys::IoUring(u) => u.readiness_fds(),
+        }
+    }
 }
 
 /// Read an `i32` socket option.

@@ -327,6 +327,18 @@ impl Uring {
         super::eventfd_signal(self.waker.as_raw_fd())
     }
 
+    /// The fds a queue's pollable face watches. Between calls an epoll's
+    /// `EPOLL_WAIT` may be in flight (new readiness then completes it: the
+    /// ring turns readable) or not (reaped ops are re-armed only at the
+    /// next `wait`: the epoll itself turns readable), so all three.
+    pub(crate) fn readiness_fds(&self) -> [RawFd; 3] {
+        [
+            self.ring.as_raw_fd(),
+            self.eps[0].as_raw_fd(),
+            self.eps[1].as_raw_fd(),
+        ]
+    }
+
     pub(crate) fn pollable(&self) -> RawFd {
         self.ring.as_raw_fd()
     }

@@ -90,9 +90,9 @@ mod desc;
 mod error;
 mod notify;
 mod producer;
-mod ring;
 #[cfg(not(loom))]
 mod queue;
+mod ring;
 
 pub use consumer::{Consumer, WaitPrep};
 pub use desc::PacketDesc;

@@ -42,6 +42,9 @@ pub mod storage;
 mod sys;
 
 pub use event::{note, Filter, Flags, Kevent};
+/// The `io-uring` crate this core is built with, for storages that submit
+/// ring ops through [`Context::submit_op`].
+pub use io_uring;
 pub use knote::{Knote, KnoteId};
 pub use queue::{Backend, Builder, Kqueue};
 pub use storage::signal::block_signals;

@@ -578,7 +578,12 @@ impl Kqueue {
                 storage: (idx - 1) as u8,
                 index: &mut st.index,
             };
-            st.storages[idx - 1].os_event(&mut cx, ev.token & PAYLOAD_MASK, ev.ready);
+            if ev.ready.0 & sys::COMPLETION != 0 {
+                let flags = ev.ready.0 & !sys::COMPLETION;
+                st.storages[idx - 1].completion(&mut cx, ev.token & PAYLOAD_MASK, ev.res, flags);
+            } else {
+                st.storages[idx - 1].os_event(&mut cx, ev.token & PAYLOAD_MASK, ev.ready);
+            }
         }
         st.os_buf = buf;
         if !st.timed.is_empty() {

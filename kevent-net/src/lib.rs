@@ -52,6 +52,6 @@ pub use pool::{
     Buf, BufferPool, PoolError, DEFAULT_BUF_SIZE, MAX_BUF_SIZE, MIN_BUF_SIZE, REGION_ALIGN,
 };
 #[cfg(not(loom))]
-pub use source::{BatchSender, PacketSource, RecvMode, SourceStats};
-#[cfg(not(loom))]
 pub use socket::{Interest, KnoteOpts, QueueRef, Registration, TcpListener, TcpStream, UdpSocket};
+#[cfg(not(loom))]
+pub use source::{BatchSender, PacketSource, RecvMode, SourceStats};

@@ -79,6 +79,11 @@ pub trait Storage: Send + fmt::Debug + 'static {
     /// An fd watched with [`Context::watch_fd`] reported readiness.
     fn os_event(&mut self, _cx: &mut Context<'_>, _payload: u64, _ready: Readiness) {}
 
+    /// A ring op submitted with [`Context::submit_op`] completed: `result`
+    /// is the CQE's result, `flags` its flags (`IORING_CQE_F_MORE` while a
+    /// multishot op goes on). io_uring only.
+    fn completion(&mut self, _cx: &mut Context<'_>, _payload: u64, _result: i32, _flags: u32) {}
+
     /// The earliest instant at which [`Storage::expire`] must run, if any.
     /// The queue bounds its wait by it.
     fn deadline(&self) -> Option<Instant> {
@@ -216,6 +221,29 @@ impl Context<'_> {
         debug_assert!(payload <= PAYLOAD_MASK);
         let token = ((self.storage as u64 + 1) << PAYLOAD_BITS) | (payload & PAYLOAD_MASK);
         self.sys.register(fd, token, interest)
+    }
+
+    /// Submit a ring op (io_uring backend): it goes to the kernel with the
+    /// leader's next wait (one `io_uring_enter`), and each of its
+    /// completions comes back to [`Storage::completion`] with `payload` (at
+    /// most 56 bits; the SQE's `user_data` is overwritten). Memory the op
+    /// references must stay valid until its final completion, cancelled or
+    /// not. `Unsupported` on epoll.
+    pub fn submit_op(&mut self, sqe: io_uring::squeue::Entry, payload: u64) -> io::Result<()> {
+        debug_assert!(payload <= PAYLOAD_MASK);
+        let token = ((self.storage as u64 + 1) << PAYLOAD_BITS) | (payload & PAYLOAD_MASK);
+        self.sys.submit_op(sqe.user_data(token))
+    }
+
+    /// Ask the kernel to cancel the op submitted with `payload`; its final
+    /// completion (usually `-ECANCELED`) still comes to
+    /// [`Storage::completion`]. `Unsupported` on epoll.
+    pub fn cancel_op(&mut self, payload: u64) -> io::Result<()> {
+        let token = ((self.storage as u64 + 1) << PAYLOAD_BITS) | (payload & PAYLOAD_MASK);
+        let sqe = io_uring::opcode::AsyncCancel::new(token)
+            .build()
+            .user_data(crate::sys::uring::UD_CANCEL);
+        self.sys.submit_op(sqe)
     }
 
     /// Stop watching `fd` (a watch made with `Interest::Read` or `Both`).

@@ -114,6 +114,7 @@ impl Epoll {
             out.push(OsEvent {
                 token,
                 ready: Readiness(ev.events),
+                res: 0,
             });
         }
         Ok(())

@@ -112,12 +112,19 @@ pub enum Interest {
     Both,
 }
 
-/// One ready `(token, readiness)` pair from a backend.
+/// One ready `(token, readiness)` pair from a backend, or (with
+/// [`COMPLETION`] set in `ready`) the completion of a ring op a storage
+/// submitted: `res` is its result, the rest of `ready` its CQE flags.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct OsEvent {
     pub(crate) token: u64,
     pub(crate) ready: Readiness,
+    pub(crate) res: i32,
 }
+
+/// Marks an [`OsEvent`] as an op completion (`EPOLLET`'s bit, which epoll
+/// never reports).
+pub(crate) const COMPLETION: u32 = 1 << 31;
 
 /// The backend in use, chosen at run time.
 #[derive(Debug)]
@@ -164,6 +171,15 @@ impl Sys {
         match self {
             Sys::Epoll(ep) => ep.wake(),
             Sys::IoUring(u) => u.wake(),
+        }
+    }
+
+    /// Queue a storage's ring op (its `user_data` already set); it is
+    /// submitted with the next wait. `Unsupported` on epoll.
+    pub(crate) fn submit_op(&self, sqe: io_uring::squeue::Entry) -> io::Result<()> {
+        match self {
+            Sys::Epoll(_) => Err(io::ErrorKind::Unsupported.into()),
+            Sys::IoUring(u) => u.submit_op(sqe),
         }
     }
 

@@ -40,6 +40,15 @@
 //! the leader changes from thread to thread, and a single issuer would
 //! forbid that (`EEXIST` from `io_uring_enter`).
 //!
+//! # Storage ops
+//!
+//! A storage may submit ring ops of its own (network AIO) through
+//! `submit_op` from any thread: they wait in `pending` and the leader
+//! pushes them with its next wait, so they cost no syscall of their own.
+//! If a leader is already blocked (`in_wait`), the submitter wakes it.
+//! Their completions (`user_data` with a non-zero top byte, the queue's
+//! token layout) come back as [`OsEvent`]s marked [`super::COMPLETION`].
+//!
 //! # Buffers
 //!
 //! Each `EPOLL_WAIT` writes into a buffer owned by this struct; the kernel
@@ -47,12 +56,13 @@
 //! ops are cancelled and their completions awaited; if that fails the
 //! buffers are leaked rather than freed under the kernel.
 
-use super::{syscall, Interest, OsEvent, Readiness};
+use super::{syscall, Interest, OsEvent, Readiness, COMPLETION};
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 use parking_lot::Mutex;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 const EVENTS: usize = 256;
@@ -62,7 +72,7 @@ const ENTRIES: u32 = 32;
 const UD_EPR: u64 = 0;
 const UD_EPW: u64 = 1;
 const UD_WAKE: u64 = 2;
-const UD_CANCEL: u64 = 3;
+pub(crate) const UD_CANCEL: u64 = 3;
 
 /// An epoll event buffer the kernel writes while an `EPOLL_WAIT` is in
 /// flight.
@@ -107,6 +117,10 @@ pub(crate) struct Uring {
     waker: OwnedFd,
     /// Leader-only: SQ pushes, CQ reaping, the event buffers.
     cq: Mutex<Reaper>,
+    /// Storage ops waiting for the leader's next wait.
+    pending: Mutex<Vec<squeue::Entry>>,
+    /// A leader is between taking `pending` and returning from the kernel.
+    in_wait: AtomicBool,
 }
 
 impl std::fmt::Debug for Uring {
@@ -163,6 +177,8 @@ impl Uring {
                 inflight: [false; 2],
                 wake_armed: false,
             }),
+            pending: Mutex::new(Vec::new()),
+            in_wait: AtomicBool::new(false),
         };
         // A first round proves the ops work here (seccomp filters may allow
         // setup yet fail the ops).
@@ -211,7 +227,14 @@ impl Uring {
 
     pub(crate) fn wait(&self, out: &mut Vec<OsEvent>, timeout: Option<Duration>) -> io::Result<()> {
         let mut r = self.cq.lock();
-        let pushed = self.arm(&mut r)?;
+        self.in_wait.store(true, Ordering::SeqCst);
+        let pushed = match self.arm(&mut r) {
+            Ok(p) => p,
+            Err(e) => {
+                self.in_wait.store(false, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
         let res = match timeout {
             Some(t) if t.is_zero() => {
                 if pushed {
@@ -227,6 +250,7 @@ impl Uring {
                 self.ring.submitter().submit_with_args(1, &args).map(drop)
             }
         };
+        self.in_wait.store(false, Ordering::SeqCst);
         let res = match res {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EBUSY)) => Ok(()),
             r => r,
@@ -265,7 +289,23 @@ impl Uring {
             r.wake_armed = true;
             pushed = true;
         }
+        let mut pending = self.pending.lock();
+        for sqe in pending.drain(..) {
+            // SAFETY: `submit_op`'s contract: the storage keeps the memory
+            // the op references valid until its final completion.
+            unsafe { self.push(&sqe)? };
+            pushed = true;
+        }
         Ok(pushed)
+    }
+
+    /// Queue a storage's op for the next wait; wake a blocked leader.
+    pub(crate) fn submit_op(&self, sqe: squeue::Entry) -> io::Result<()> {
+        self.pending.lock().push(sqe);
+        if self.in_wait.load(Ordering::SeqCst) {
+            self.wake()?;
+        }
+        Ok(())
     }
 
     /// Push one SQE, flushing the SQ first if it is full.
@@ -306,6 +346,7 @@ impl Uring {
                             out.push(OsEvent {
                                 token: ev.u64,
                                 ready: Readiness(ev.events),
+                                res: 0,
                             });
                         }
                     } else if res < 0
@@ -317,6 +358,12 @@ impl Uring {
                 // A multishot poll that ended (cancelled with its task, or
                 // an error): re-armed by the next `arm`.
                 UD_WAKE if !cqueue::more(cqe.flags()) => r.wake_armed = false,
+                // A storage's op (the queue's token layout).
+                ud if ud >> 56 != 0 => out.push(OsEvent {
+                    token: ud,
+                    ready: Readiness(COMPLETION | cqe.flags()),
+                    res,
+                }),
                 _ => {}
             }
         }

@@ -38,6 +38,8 @@ pub use channel::{
 #[cfg(not(loom))]
 pub use channel::{wait_in, ChannelConsumer, ReadChunk, WriteChunk};
 
+#[cfg(not(loom))]
+pub mod aio;
 mod classifier;
 mod pool;
 #[cfg(not(loom))]

@@ -352,14 +352,21 @@ impl TimerStorage {
             MissedTickPolicy::Catchup => {
                 // Every due tick becomes its own event: count them, and
                 // hand them out one per delivery (see `clear`).
-                let mut n = 0u64;
-                while let Some(st) = step(policy, sched, now) {
-                    n += 1;
-                    sched = st.schedule;
-                }
+                // O(1) under the queue's lock, however long the stall:
+                // Merge's step counts the due ticks and lands on the grid
+                // point that as many Catchup steps would reach.
+                let n = match step(MissedTickPolicy::Merge, sched, now) {
+                    Some(st) => {
+                        sched = st.schedule;
+                        st.data
+                    }
+                    None => 0,
+                };
                 let k = cx.knote(knote);
                 let queued = k.data() > 0;
-                t.backlog = t.backlog.saturating_add(n - u64::from(!queued));
+                t.backlog = t
+                    .backlog
+                    .saturating_add(n.saturating_sub(u64::from(!queued)));
                 1
             }
             _ => match step(policy, sched, now) {
@@ -460,7 +467,10 @@ impl Storage for TimerStorage {
             return Ok(());
         }
         let k = cx.knote(kn);
-        let oneshot = k.flags().contains(Flags::ONESHOT) || change.flags.contains(Flags::ONESHOT);
+        // The mode is the knote's, fixed at creation (FreeBSD keeps
+        // `kn_flags` on re-ADD): a change cannot turn a periodic knote into
+        // a one-shot timer that would then sit registered and dead.
+        let oneshot = k.flags().contains(Flags::ONESHOT);
         let (mono, real) = clocks_for(change.fflags);
         let spec = parse(change.fflags, change.data, oneshot, mono, real)?;
         let idx = k.hook as usize;

@@ -9,6 +9,11 @@
 //! [`crate::block_signals`] before spawning), or the kernel may deliver it
 //! to one of them instead. Deleting the knote does not unblock it.
 //!
+//! **Several queues.** Each queue reads its own signalfd, and Linux hands a
+//! pending signal to one reader only: with SIGNAL knotes for the same signal
+//! in two queues, each delivery reaches one of them (FreeBSD reports it to
+//! every queue). Watch a signal in one queue and fan it out from there.
+//!
 //! FreeBSD counts every delivery attempt, even of an ignored signal. Linux
 //! keeps at most one pending instance of a standard signal, so signals sent
 //! faster than the queue reads them merge into one count (real-time

@@ -1,7 +1,9 @@
 //! TCP loopback ping-pong of 64-byte messages, one round trip per
 //! iteration: (a) both ends in one event loop, (b) one thread per side.
 //! Peers in one group so the report reads as a ratio: kevent on io_uring,
-//! kevent on epoll, raw mio, tokio current-thread. kevent's READ knotes use
+//! kevent on epoll, kevent network AIO (`Filter::Aio` recv/send ops, a
+//! recv always in flight per end) on io_uring and on epoll, raw mio,
+//! tokio current-thread. kevent's READ knotes use
 //! `note::NODATA` (the loops read until `EAGAIN`, as mio's do, so the
 //! `FIONREAD` for `data` would be a syscall the peers do not make).
 //!
@@ -10,6 +12,7 @@
 //! ```
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use kevent::kevent_net::aio::Aio;
 use kevent::{note, Backend, Filter, Flags, Kevent, Kqueue};
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -139,6 +142,149 @@ fn kevent_two_threads(b: Backend, iters: u64) -> Duration {
     let t = start.elapsed();
     drop(c);
     server.join().unwrap();
+    t
+}
+
+// ---- kevent network AIO (Filter::Aio: recv/send ops) ----------------------
+
+fn aio_queue(b: Backend) -> (kevent::kevent_core::Kqueue, Aio) {
+    let (aio, storage) = Aio::new();
+    let kq = Kqueue::builder(b)
+        .unwrap()
+        .storage(storage)
+        .build()
+        .unwrap();
+    assert_eq!(kq.backend(), b);
+    (kq, aio)
+}
+
+const RECV: u64 = 1;
+const SENT: u64 = 2;
+
+/// One echoing end: a recv always in flight; each full message is sent
+/// back (buffers recycled through `take_buffer`).
+struct AioEnd {
+    fd: i32,
+    have: usize,
+    spare: Vec<Vec<u8>>,
+}
+
+impl AioEnd {
+    fn new(fd: i32) -> AioEnd {
+        AioEnd {
+            fd,
+            have: 0,
+            spare: (0..4).map(|_| Vec::with_capacity(MSG)).collect(),
+        }
+    }
+
+    fn buf(&mut self) -> Vec<u8> {
+        self.spare.pop().unwrap_or_else(|| Vec::with_capacity(MSG))
+    }
+
+    fn recv(&mut self, kq: &kevent::kevent_core::Kqueue, aio: &Aio, tag: u64) {
+        let b = self.buf();
+        aio.recv(kq, self.fd, b, RECV | tag).unwrap();
+    }
+
+    fn send(&mut self, kq: &kevent::kevent_core::Kqueue, aio: &Aio, tag: u64) {
+        let mut b = self.buf();
+        b.clear();
+        b.resize(MSG, 7);
+        aio.send(kq, self.fd, b, SENT | tag).unwrap();
+    }
+
+    /// A completion of this end; returns whether a full message arrived
+    /// (the next recv is already submitted).
+    fn done(&mut self, kq: &kevent::kevent_core::Kqueue, aio: &Aio, e: &Kevent, tag: u64) -> bool {
+        let buf = aio.take_buffer(e.ident).unwrap();
+        self.spare.push(buf);
+        if e.udata & SENT != 0 {
+            assert_eq!(e.data, MSG as i64);
+            return false;
+        }
+        assert!(e.data > 0, "recv: {}", e.data);
+        self.recv(kq, aio, tag);
+        self.have += e.data as usize;
+        if self.have >= MSG {
+            self.have -= MSG;
+            return true;
+        }
+        false
+    }
+}
+
+fn aio_one_loop(b: Backend, iters: u64) -> Duration {
+    let (kq, aio) = aio_queue(b);
+    let (c, s) = pair();
+    let (mut ce, mut se) = (AioEnd::new(c.as_raw_fd()), AioEnd::new(s.as_raw_fd()));
+    const C: u64 = 0;
+    const S: u64 = 4;
+    ce.recv(&kq, &aio, C);
+    se.recv(&kq, &aio, S);
+    let mut out = [Kevent::default(); 8];
+    let start = Instant::now();
+    for _ in 0..iters {
+        ce.send(&kq, &aio, C);
+        let mut done = false;
+        while !done {
+            let n = kq.kevent(&[], &mut out, None).unwrap();
+            for e in &out[..n] {
+                if e.udata & S != 0 {
+                    if se.done(&kq, &aio, e, S) {
+                        se.send(&kq, &aio, S);
+                    }
+                } else if ce.done(&kq, &aio, e, C) {
+                    done = true;
+                }
+            }
+        }
+    }
+    let t = start.elapsed();
+    drop(kq);
+    t
+}
+
+fn aio_two_threads(b: Backend, iters: u64) -> Duration {
+    let (c, s) = pair();
+    let server = std::thread::spawn(move || {
+        let (kq, aio) = aio_queue(b);
+        let mut se = AioEnd::new(s.as_raw_fd());
+        se.recv(&kq, &aio, 0);
+        let mut out = [Kevent::default(); 4];
+        loop {
+            let n = kq.kevent(&[], &mut out, None).unwrap();
+            for e in &out[..n] {
+                if e.udata & RECV != 0 && e.data <= 0 {
+                    return;
+                }
+                if se.done(&kq, &aio, e, 0) {
+                    se.send(&kq, &aio, 0);
+                }
+            }
+        }
+    });
+    let (kq, aio) = aio_queue(b);
+    let mut ce = AioEnd::new(c.as_raw_fd());
+    ce.recv(&kq, &aio, 0);
+    let mut out = [Kevent::default(); 4];
+    let start = Instant::now();
+    for _ in 0..iters {
+        ce.send(&kq, &aio, 0);
+        let mut done = false;
+        while !done {
+            let n = kq.kevent(&[], &mut out, None).unwrap();
+            for e in &out[..n] {
+                done |= ce.done(&kq, &aio, e, 0);
+            }
+        }
+    }
+    let t = start.elapsed();
+    // EOF ends the server; this queue's recv completes (or is cancelled
+    // with the queue) after the shutdown.
+    c.shutdown(std::net::Shutdown::Both).unwrap();
+    server.join().unwrap();
+    drop(kq);
     t
 }
 
@@ -301,6 +447,14 @@ fn pingpong(cr: &mut Criterion) {
     g.bench_function("one_loop/kevent-epoll", |b| {
         b.iter_custom(|n| kevent_one_loop(Backend::Epoll, n))
     });
+    if uring {
+        g.bench_function("one_loop/kevent-aio-uring", |b| {
+            b.iter_custom(|n| aio_one_loop(Backend::IoUring, n))
+        });
+    }
+    g.bench_function("one_loop/kevent-aio-epoll", |b| {
+        b.iter_custom(|n| aio_one_loop(Backend::Epoll, n))
+    });
     g.bench_function("one_loop/mio", |b| b.iter_custom(mio_one_loop));
     g.bench_function("one_loop/tokio", |b| b.iter_custom(tokio_one_loop));
     if uring {
@@ -310,6 +464,14 @@ fn pingpong(cr: &mut Criterion) {
     }
     g.bench_function("two_threads/kevent-epoll", |b| {
         b.iter_custom(|n| kevent_two_threads(Backend::Epoll, n))
+    });
+    if uring {
+        g.bench_function("two_threads/kevent-aio-uring", |b| {
+            b.iter_custom(|n| aio_two_threads(Backend::IoUring, n))
+        });
+    }
+    g.bench_function("two_threads/kevent-aio-epoll", |b| {
+        b.iter_custom(|n| aio_two_threads(Backend::Epoll, n))
     });
     g.bench_function("two_threads/mio", |b| b.iter_custom(mio_two_threads));
     g.bench_function("two_threads/tokio", |b| b.iter_custom(tokio_two_threads));

@@ -250,3 +250,31 @@ impl RawU64 for File {
         self.as_raw_fd() as u64
     }
 }
+
+backend_test!(extend_is_not_lost_when_inotify_overflows, |b: Backend| {
+    // Fill the queue's inotify buffer past its limit with events the knote
+    // does not subscribe to (alternating ATTRIB and MOVE_SELF: identical
+    // consecutive events would merge), then grow the file: its MODIFY is
+    // dropped by the kernel, and only a resync after the overflow can
+    // report EXTEND.
+    let kq = kq(b);
+    let (t, f) = file("overflow", 0);
+    change(
+        &kq,
+        &[ev(id(&f), V, Flags::ADD | Flags::CLEAR, note::EXTEND, 0, 0)],
+    );
+    let max: usize = std::fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(16384);
+    let other = t.with_suffix(".moved");
+    for i in 0..max / 2 + 64 {
+        let mode = if i % 2 == 0 { 0o600 } else { 0o644 };
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+        std::fs::rename(t.path(), &other).unwrap();
+        std::fs::rename(&other, t.path()).unwrap();
+    }
+    writer(&t).write_all_at(b"grown", 0).unwrap();
+    let e = expect_event(&kq, id(&f), V);
+    assert_eq!(e.fflags & note::EXTEND, note::EXTEND, "{e:?}");
+});

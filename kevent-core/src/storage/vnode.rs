@@ -56,6 +56,53 @@ pub(crate) struct VnodeStorage {
     buf: Vec<u8>,
 }
 
+impl VnodeStorage {
+    /// The inotify queue overflowed and events were lost: report, for every
+    /// knote, what its fd's `fstat` proves changed since its last event
+    /// (size: WRITE/EXTEND; link count: LINK/DELETE), rather than nothing.
+    fn resync(&mut self, cx: &mut Context<'_>) {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            log::warn!("kevent: inotify queue overflowed; VNODE notes re-derived from fstat")
+        });
+        for list in self.watches.values() {
+            for &id in list {
+                let same = self.ident_of.get(&id.key).copied();
+                let Some(k) = cx.try_knote_mut(id) else {
+                    continue;
+                };
+                let Some(st) = sys::fstat(k.ident() as i32)
+                    .ok()
+                    .filter(|st| same == Some((st.st_dev, st.st_ino)))
+                else {
+                    continue;
+                };
+                let mut notes = 0;
+                if st.st_size as u64 != k.hook {
+                    notes |= note::WRITE;
+                    if st.st_size as u64 > k.hook {
+                        notes |= note::EXTEND;
+                    }
+                }
+                if st.st_nlink != k.hook2 {
+                    notes |= if st.st_nlink == 0 {
+                        note::DELETE
+                    } else {
+                        note::LINK
+                    };
+                }
+                k.hook = st.st_size as u64;
+                k.hook2 = st.st_nlink;
+                notes &= k.sfflags();
+                if notes != 0 {
+                    k.set_fflags(k.fflags() | notes);
+                    cx.activate(id);
+                }
+            }
+        }
+    }
+}
+
 impl Storage for VnodeStorage {
     fn filters(&self) -> &'static [Filter] {
         &[Filter::Vnode]
@@ -146,12 +193,24 @@ impl Storage for VnodeStorage {
                 let ev: libc::inotify_event =
                     unsafe { std::ptr::read_unaligned(self.buf.as_ptr().add(off).cast()) };
                 off += hdr + ev.len as usize;
+                if ev.mask & libc::IN_Q_OVERFLOW != 0 {
+                    self.resync(cx);
+                    continue;
+                }
+                if ev.mask & libc::IN_IGNORED != 0 {
+                    // The kernel dropped the watch (inode gone, unmount):
+                    // forget it, so a later detach cannot remove a reused
+                    // watch descriptor.
+                    if let Some(list) = self.watches.remove(&ev.wd) {
+                        for id in list {
+                            self.wd_of.remove(&id.key);
+                        }
+                    }
+                    continue;
+                }
                 let Some(list) = self.watches.get(&ev.wd) else {
                     continue;
                 };
-                if ev.mask & libc::IN_IGNORED != 0 {
-                    continue;
-                }
                 for &id in list {
                     let Some(k) = cx.try_knote_mut(id) else {
                         continue;

@@ -94,6 +94,34 @@ impl RawEpoll {
     }
 }
 
+/// Register `idle` changes and one ready level READ knote on `live`, then
+/// measure one `kevent()` returning that single event.
+fn bench_ready1(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    backend: Backend,
+    n: usize,
+    idle: &[Kevent],
+    live: RawFd,
+) {
+    let kq = Kqueue::with_backend(backend).expect("kqueue");
+    for chunk in idle.chunks(4096) {
+        kq.kevent(chunk, &mut [], None).expect("register idle");
+    }
+    kq.kevent(&[add(live, Flags::empty())], &mut [], None)
+        .expect("register live");
+    let mut out = [Kevent::default(); 1];
+    g.bench_with_input(BenchmarkId::new(format!("kevent-{name}"), n), &n, |b, _| {
+        b.iter(|| {
+            let got = kq
+                .kevent(&[], &mut out, Some(Duration::ZERO))
+                .expect("kevent");
+            assert_eq!(got, 1);
+            black_box(out[0].data);
+        })
+    });
+}
+
 fn ready1_of_n(c: &mut Criterion) {
     raise_nofile();
     let mut g = c.benchmark_group("ready1_of_n");
@@ -106,27 +134,12 @@ fn ready1_of_n(c: &mut Criterion) {
         };
         let (rx, mut tx) = std::io::pipe().expect("pipe");
         tx.write_all(b"x").expect("write");
+        let changes: Vec<Kevent> = idle
+            .iter()
+            .map(|f| add(f.as_raw_fd(), Flags::empty()))
+            .collect();
         for (name, backend) in backends() {
-            let kq = Kqueue::with_backend(backend).expect("kqueue");
-            let changes: Vec<Kevent> = idle
-                .iter()
-                .map(|f| add(f.as_raw_fd(), Flags::empty()))
-                .collect();
-            for chunk in changes.chunks(4096) {
-                kq.kevent(chunk, &mut [], None).expect("register idle");
-            }
-            kq.kevent(&[add(rx.as_raw_fd(), Flags::empty())], &mut [], None)
-                .expect("register live");
-            let mut out = [Kevent::default(); 1];
-            g.bench_with_input(BenchmarkId::new(format!("kevent-{name}"), n), &n, |b, _| {
-                b.iter(|| {
-                    let got = kq
-                        .kevent(&[], &mut out, Some(Duration::ZERO))
-                        .expect("kevent");
-                    assert_eq!(got, 1);
-                    black_box(out[0].data);
-                })
-            });
+            bench_ready1(&mut g, name, backend, n, &changes, rx.as_raw_fd());
         }
         let ep = RawEpoll::new();
         for f in &idle {
@@ -152,26 +165,11 @@ fn ready1_of_n(c: &mut Criterion) {
     let (rx, mut tx) = std::io::pipe().expect("pipe");
     tx.write_all(b"x").expect("write");
     for &n in &[1usize, 1_000, 10_000, 100_000] {
+        let changes: Vec<Kevent> = (0..n as u64)
+            .map(|i| Kevent::new(i, Filter::User, Flags::ADD, 0, 0, 0))
+            .collect();
         for (name, backend) in backends() {
-            let kq = Kqueue::with_backend(backend).expect("kqueue");
-            let changes: Vec<Kevent> = (0..n as u64)
-                .map(|i| Kevent::new(i, Filter::User, Flags::ADD, 0, 0, 0))
-                .collect();
-            for chunk in changes.chunks(4096) {
-                kq.kevent(chunk, &mut [], None).expect("register idle");
-            }
-            kq.kevent(&[add(rx.as_raw_fd(), Flags::empty())], &mut [], None)
-                .expect("register live");
-            let mut out = [Kevent::default(); 1];
-            g.bench_with_input(BenchmarkId::new(format!("kevent-{name}"), n), &n, |b, _| {
-                b.iter(|| {
-                    let got = kq
-                        .kevent(&[], &mut out, Some(Duration::ZERO))
-                        .expect("kevent");
-                    assert_eq!(got, 1);
-                    black_box(out[0].data);
-                })
-            });
+            bench_ready1(&mut g, name, backend, n, &changes, rx.as_raw_fd());
         }
     }
     g.finish();
@@ -181,50 +179,34 @@ fn pingpong_edge(c: &mut Criterion) {
     let mut g = c.benchmark_group("pingpong_edge");
     g.warm_up_time(Duration::from_millis(500));
     g.measurement_time(Duration::from_secs(2));
+    // FreeBSD's `data` (a FIONREAD per event), and the NODATA extension:
+    // no byte count, so no ioctl — the work raw mio does.
     for (name, backend) in backends() {
-        let kq = Kqueue::with_backend(backend).expect("kqueue");
-        let (mut rx, mut tx) = std::io::pipe().expect("pipe");
-        set_nonblocking(rx.as_raw_fd());
-        kq.kevent(&[add(rx.as_raw_fd(), Flags::CLEAR)], &mut [], None)
-            .expect("add");
-        let mut out = [Kevent::default(); 8];
-        let mut byte = [0u8; 1];
-        g.bench_function(format!("kevent-{name}"), |b| {
-            b.iter(|| {
-                tx.write_all(b"x").expect("write");
-                let n = kq.kevent(&[], &mut out, None).expect("kevent");
-                debug_assert_eq!(n, 1);
-                black_box(out[0].data);
-                rx.read_exact(&mut byte).expect("read");
-            })
-        });
-    }
-    for (name, backend) in backends() {
-        // The same loop with the NODATA extension: no byte count, so no
-        // FIONREAD per event — the work raw mio does.
-        let kq = Kqueue::with_backend(backend).expect("kqueue");
-        let (mut rx, mut tx) = std::io::pipe().expect("pipe");
-        set_nonblocking(rx.as_raw_fd());
-        let ch = Kevent::new(
-            rx.as_raw_fd() as u64,
-            Filter::Read,
-            Flags::ADD | Flags::CLEAR,
-            kevent::note::NODATA,
-            0,
-            0,
-        );
-        kq.kevent(&[ch], &mut [], None).expect("add");
-        let mut out = [Kevent::default(); 8];
-        let mut byte = [0u8; 1];
-        g.bench_function(format!("kevent-{name}-nodata"), |b| {
-            b.iter(|| {
-                tx.write_all(b"x").expect("write");
-                let n = kq.kevent(&[], &mut out, None).expect("kevent");
-                debug_assert_eq!(n, 1);
-                black_box(out[0].data);
-                rx.read_exact(&mut byte).expect("read");
-            })
-        });
+        for (suffix, fflags) in [("", 0), ("-nodata", kevent::note::NODATA)] {
+            let kq = Kqueue::with_backend(backend).expect("kqueue");
+            let (mut rx, mut tx) = std::io::pipe().expect("pipe");
+            set_nonblocking(rx.as_raw_fd());
+            let ch = Kevent::new(
+                rx.as_raw_fd() as u64,
+                Filter::Read,
+                Flags::ADD | Flags::CLEAR,
+                fflags,
+                0,
+                0,
+            );
+            kq.kevent(&[ch], &mut [], None).expect("add");
+            let mut out = [Kevent::default(); 8];
+            let mut byte = [0u8; 1];
+            g.bench_function(format!("kevent-{name}{suffix}"), |b| {
+                b.iter(|| {
+                    tx.write_all(b"x").expect("write");
+                    let n = kq.kevent(&[], &mut out, None).expect("kevent");
+                    debug_assert_eq!(n, 1);
+                    black_box(out[0].data);
+                    rx.read_exact(&mut byte).expect("read");
+                })
+            });
+        }
     }
     {
         use mio::{Events, Interest, Poll, Token};

@@ -638,6 +638,16 @@ impl Storage for AioStorage {
         &[Filter::Aio]
     }
 
+    /// Report an operation only once it is final: the queue re-checks a
+    /// knote after every change (a cancel request is one), and an op
+    /// still in flight has nothing to report.
+    fn event(&mut self, cx: &mut Context<'_>, kn: KnoteId, out: &mut Kevent) -> bool {
+        *out = cx.knote(kn).to_event();
+        lock(&self.table)
+            .get(out.ident)
+            .is_some_and(|op| op.st == St::Done)
+    }
+
     fn attach(&mut self, cx: &mut Context<'_>, kn: KnoteId) -> Result<(), Errno> {
         let id = cx.knote(kn).ident();
         let table = self.table.clone();

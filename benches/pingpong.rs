@@ -10,8 +10,12 @@
 //! ```text
 //! cargo bench --bench pingpong -- --warm-up-time 1 --measurement-time 3
 //! ```
+//!
+//! After criterion, a summary runs every variant interleaved and prints
+//! medians of wall and process CPU time per round trip with ratios to mio
+//! (`PINGPONG_SUMMARY=0` skips it).
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 use kevent::kevent_net::aio::Aio;
 use kevent::{note, Backend, Filter, Flags, Kevent, Kqueue};
 use std::io::{self, Read, Write};
@@ -478,5 +482,109 @@ fn pingpong(cr: &mut Criterion) {
     g.finish();
 }
 
+/// Process CPU time (user + system, every thread).
+fn cpu_now() -> Duration {
+    // SAFETY: an all-zero `rusage` is a valid value of this plain C struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a live, correctly sized rusage for the call to fill.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// After criterion: every variant run interleaved (A B C … A B C …), the
+/// median wall time and process CPU time per round trip (CPU time is the
+/// steadier figure on this shared machine), and the ratio to mio in the
+/// same mode. `PINGPONG_SUMMARY=0` skips it.
+fn summary() {
+    type Run = Box<dyn Fn(u64) -> Duration>;
+    let uring = Kqueue::with_backend(Backend::IoUring).is_ok();
+    let mut v: Vec<(&str, Run)> = Vec::new();
+    if uring {
+        v.push((
+            "one_loop/kevent-uring",
+            Box::new(|n| kevent_one_loop(Backend::IoUring, n)),
+        ));
+        v.push((
+            "one_loop/kevent-aio-uring",
+            Box::new(|n| aio_one_loop(Backend::IoUring, n)),
+        ));
+    }
+    v.push((
+        "one_loop/kevent-epoll",
+        Box::new(|n| kevent_one_loop(Backend::Epoll, n)),
+    ));
+    v.push((
+        "one_loop/kevent-aio-epoll",
+        Box::new(|n| aio_one_loop(Backend::Epoll, n)),
+    ));
+    v.push(("one_loop/mio", Box::new(mio_one_loop)));
+    v.push(("one_loop/tokio", Box::new(tokio_one_loop)));
+    if uring {
+        v.push((
+            "two_threads/kevent-uring",
+            Box::new(|n| kevent_two_threads(Backend::IoUring, n)),
+        ));
+        v.push((
+            "two_threads/kevent-aio-uring",
+            Box::new(|n| aio_two_threads(Backend::IoUring, n)),
+        ));
+    }
+    v.push((
+        "two_threads/kevent-epoll",
+        Box::new(|n| kevent_two_threads(Backend::Epoll, n)),
+    ));
+    v.push((
+        "two_threads/kevent-aio-epoll",
+        Box::new(|n| aio_two_threads(Backend::Epoll, n)),
+    ));
+    v.push(("two_threads/mio", Box::new(mio_two_threads)));
+    v.push(("two_threads/tokio", Box::new(tokio_two_threads)));
+    const ITERS: u64 = 10_000;
+    const ROUNDS: usize = 5;
+    let mut wall = vec![Vec::new(); v.len()];
+    let mut cpu = vec![Vec::new(); v.len()];
+    for _ in 0..ROUNDS {
+        for (i, (_, f)) in v.iter().enumerate() {
+            let c0 = cpu_now();
+            let w = f(ITERS);
+            let c = cpu_now() - c0;
+            wall[i].push(w.as_secs_f64() * 1e6 / ITERS as f64);
+            cpu[i].push(c.as_secs_f64() * 1e6 / ITERS as f64);
+        }
+    }
+    let med = |x: &mut Vec<f64>| {
+        x.sort_by(f64::total_cmp);
+        x[x.len() / 2]
+    };
+    let wall: Vec<f64> = wall.iter_mut().map(med).collect();
+    let cpu: Vec<f64> = cpu.iter_mut().map(med).collect();
+    println!("\npingpong summary: {ROUNDS} interleaved rounds of {ITERS} round trips, medians per round trip");
+    println!(
+        "{:<30} {:>9} {:>9} {:>12} {:>12}",
+        "variant", "wall µs", "CPU µs", "vs mio wall", "vs mio CPU"
+    );
+    for (i, (name, _)) in v.iter().enumerate() {
+        let mode = name.split('/').next().unwrap_or("");
+        let mio = v.iter().position(|(n, _)| *n == format!("{mode}/mio"));
+        let (rw, rc) = mio.map_or((f64::NAN, f64::NAN), |m| {
+            (wall[m] / wall[i], cpu[m] / cpu[i])
+        });
+        println!(
+            "{name:<30} {:>9.2} {:>9.2} {:>11.2}x {:>11.2}x",
+            wall[i], cpu[i], rw, rc
+        );
+    }
+}
+
 criterion_group!(benches, pingpong);
-criterion_main!(benches);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    let args: Vec<String> = std::env::args().collect();
+    let test_mode = args.iter().any(|a| a == "--test" || a == "--list");
+    if !test_mode && std::env::var("PINGPONG_SUMMARY").map_or(true, |v| v != "0") {
+        summary();
+    }
+}

@@ -80,6 +80,8 @@ struct Args {
 
 const RBUF: usize = 16384;
 const TAG_SWEEP: u64 = 1 << 63;
+/// Connections opened at most between two collections of events.
+const OPEN_BATCH: u32 = 32;
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Errors {
@@ -361,8 +363,13 @@ impl Load {
                 if self.args.rate > 0.0 {
                     let due = ((self.now - t0).as_secs_f64() * self.args.rate) as u64 + 1;
                     let due = due.min(total);
-                    while self.created < due {
+                    // A bounded batch, then collect replies: a client that
+                    // falls behind must not open everything before reading
+                    // anything (the replies would wait in socket buffers).
+                    let mut batch = OPEN_BATCH;
+                    while self.created < due && batch > 0 {
                         self.open();
+                        batch -= 1;
                     }
                 } else if self.live == 0 && self.created < total {
                     self.open();

@@ -61,6 +61,18 @@ fn send(mut s: &TcpStream, buf: &[u8; MSG]) {
 
 // ---- kevent -------------------------------------------------------------
 
+/// Block for events. An io_uring wait can end in `EINTR` with no signal
+/// sent (task work of a ring torn down earlier in the process): retry.
+fn wait(kq: &kevent::kevent_core::Kqueue, out: &mut [Kevent]) -> usize {
+    loop {
+        match kq.kevent(&[], out, None) {
+            Ok(n) => return n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("kevent: {e}"),
+        }
+    }
+}
+
 fn kq_register(kq: &Kqueue, socks: &[&TcpStream]) {
     let ch: Vec<Kevent> = socks
         .iter()
@@ -84,7 +96,7 @@ fn kq_register(kq: &Kqueue, socks: &[&TcpStream]) {
 fn kq_recv(kq: &Kqueue, s: &TcpStream, buf: &mut [u8; MSG], out: &mut [Kevent]) {
     let mut have = 0;
     while !read_some(s, buf, &mut have).unwrap() {
-        kq.kevent(&[], out, None).unwrap();
+        wait(kq, out);
     }
 }
 
@@ -103,7 +115,7 @@ fn kevent_one_loop(b: Backend, iters: u64) -> Duration {
         // Drive both ends from the one loop until the client has its echo.
         let mut done = false;
         while !done {
-            let n = kq.kevent(&[], &mut out, None).unwrap();
+            let n = wait(&kq, &mut out);
             for e in &out[..n] {
                 if e.ident == sfd && read_some(&s, &mut buf, &mut shave).unwrap() {
                     send(&s, &buf);
@@ -128,7 +140,7 @@ fn kevent_two_threads(b: Backend, iters: u64) -> Duration {
             match read_some(&s, &mut buf, &mut have) {
                 Ok(true) => send(&s, &buf),
                 Ok(false) => {
-                    kq.kevent(&[], &mut out, None).unwrap();
+                    wait(&kq, &mut out);
                 }
                 Err(_) => return,
             }
@@ -232,7 +244,7 @@ fn aio_one_loop(b: Backend, iters: u64) -> Duration {
         ce.send(&kq, &aio, C);
         let mut done = false;
         while !done {
-            let n = kq.kevent(&[], &mut out, None).unwrap();
+            let n = wait(&kq, &mut out);
             for e in &out[..n] {
                 if e.udata & S != 0 {
                     if se.done(&kq, &aio, e, S) {
@@ -257,7 +269,7 @@ fn aio_two_threads(b: Backend, iters: u64) -> Duration {
         se.recv(&kq, &aio, 0);
         let mut out = [Kevent::default(); 4];
         loop {
-            let n = kq.kevent(&[], &mut out, None).unwrap();
+            let n = wait(&kq, &mut out);
             for e in &out[..n] {
                 if e.udata & RECV != 0 && e.data <= 0 {
                     return;
@@ -277,7 +289,7 @@ fn aio_two_threads(b: Backend, iters: u64) -> Duration {
         ce.send(&kq, &aio, 0);
         let mut done = false;
         while !done {
-            let n = kq.kevent(&[], &mut out, None).unwrap();
+            let n = wait(&kq, &mut out);
             for e in &out[..n] {
                 done |= ce.done(&kq, &aio, e, 0);
             }

@@ -412,3 +412,31 @@ backend_test!(send_to_a_reset_peer_is_an_error, |b| {
         "send to a reset peer: {last}"
     );
 });
+
+backend_test!(fd_number_reused_after_close, |b| {
+    // epoll re-arms a seen fd with EPOLL_CTL_MOD first; after a close the
+    // registration is gone and the number may name another socket.
+    let (kq, aio) = queue(b);
+    let (mut c, s) = pair();
+    let op = aio
+        .recv(&kq, s.as_raw_fd(), Vec::with_capacity(8), 1)
+        .unwrap();
+    quiet(&kq, 5);
+    c.write_all(b"one").unwrap();
+    assert_eq!(wait_one(&kq, op), (3, 1));
+    aio.take_buffer(op).unwrap();
+    let (mut c2, s2) = pair();
+    let num = s.as_raw_fd();
+    // SAFETY: dup2 atomically swaps the socket behind `num` (closing the
+    // old one, which drops its epoll registration) for a second fd of
+    // `s2`'s; `s` keeps owning the number and closes it at the end. No
+    // other test can grab the number in between.
+    assert_eq!(unsafe { libc::dup2(s2.as_raw_fd(), num) }, num);
+    drop(s2);
+    drop(c);
+    let op = aio.recv(&kq, num, Vec::with_capacity(8), 2).unwrap();
+    quiet(&kq, 5);
+    c2.write_all(b"two").unwrap();
+    assert_eq!(wait_one(&kq, op), (3, 2));
+    assert_eq!(aio.take_buffer(op).unwrap(), b"two");
+});

@@ -583,6 +583,7 @@ impl AioStorage {
         fd: RawFd,
         dir: Interest,
     ) -> Result<(), i32> {
+        let seen = self.waiters.contains_key(&fd);
         let w = self.waiters.entry(fd).or_default();
         match dir {
             Interest::Write => w.write.push(id),
@@ -593,7 +594,14 @@ impl AioStorage {
             (true, false) => Interest::Write,
             _ => Interest::Read,
         };
-        if let Err(e) = cx.watch_fd(fd, want, FD_BIT | (fd as u32 as u64)) {
+        let payload = FD_BIT | (fd as u32 as u64);
+        // An fd seen before is most likely still registered: MOD first.
+        let res = if seen {
+            cx.rewatch_fd(fd, want, payload)
+        } else {
+            cx.watch_fd(fd, want, payload)
+        };
+        if let Err(e) = res {
             let w = self.waiters.get_mut(&fd).expect("just inserted");
             w.read.retain(|&x| x != id);
             w.write.retain(|&x| x != id);

@@ -223,6 +223,16 @@ impl Context<'_> {
         self.sys.register(fd, token, interest)
     }
 
+    /// As [`Context::watch_fd`], for an fd this storage most likely
+    /// watches already (re-arming after `EAGAIN`): on epoll one
+    /// `EPOLL_CTL_MOD` instead of `ADD`, `EEXIST`, `MOD`; an fd closed
+    /// since (its registration gone) is added again.
+    pub fn rewatch_fd(&mut self, fd: RawFd, interest: Interest, payload: u64) -> io::Result<()> {
+        debug_assert!(payload <= PAYLOAD_MASK);
+        let token = ((self.storage as u64 + 1) << PAYLOAD_BITS) | (payload & PAYLOAD_MASK);
+        self.sys.reregister(fd, token, interest)
+    }
+
     /// Submit a ring op (io_uring backend): it goes to the kernel with the
     /// leader's next wait (one `io_uring_enter`), and each of its
     /// completions comes back to [`Storage::completion`] with `payload` (at

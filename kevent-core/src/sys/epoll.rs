@@ -87,6 +87,31 @@ impl Epoll {
         }
     }
 
+    /// As `register`, trying `EPOLL_CTL_MOD` first: one syscall for an fd
+    /// that is most likely registered already (re-arming after `EAGAIN`).
+    pub(crate) fn reregister(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
+        let dir = match interest {
+            Interest::Read => libc::EPOLLIN | libc::EPOLLRDHUP,
+            Interest::Write => libc::EPOLLOUT,
+            Interest::Both => libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLOUT,
+        };
+        let mut ev = libc::epoll_event {
+            events: (dir | libc::EPOLLET) as u32,
+            u64: token,
+        };
+        match syscall!(epoll_ctl(
+            self.ep.as_raw_fd(),
+            libc::EPOLL_CTL_MOD,
+            fd,
+            &mut ev
+        )) {
+            Ok(_) => Ok(()),
+            // Not registered (closed since, or never): add it.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => self.register(fd, token, interest),
+            Err(e) => Err(e),
+        }
+    }
+
     pub(crate) fn deregister(&self, fd: RawFd) -> io::Result<()> {
         match syscall!(epoll_ctl(
             self.ep.as_raw_fd(),

@@ -145,6 +145,16 @@ impl Sys {
         }
     }
 
+    /// As `register`, for an fd most likely registered already: on epoll
+    /// `EPOLL_CTL_MOD` first (one syscall instead of ADD, EEXIST, MOD).
+    #[inline]
+    pub(crate) fn reregister(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
+        match self {
+            Sys::Epoll(ep) => ep.reregister(fd, token, interest),
+            Sys::IoUring(u) => u.register(fd, token, interest),
+        }
+    }
+
     #[inline]
     pub(crate) fn deregister(&self, fd: RawFd, interest: Interest) -> io::Result<()> {
         match self {

@@ -290,12 +290,17 @@ impl Uring {
             pushed = true;
         }
         let mut pending = self.pending.lock();
-        for sqe in pending.drain(..) {
+        for i in 0..pending.len() {
             // SAFETY: `submit_op`'s contract: the storage keeps the memory
             // the op references valid until its final completion.
-            unsafe { self.push(&sqe)? };
+            if let Err(e) = unsafe { self.push(&pending[i]) } {
+                // Keep the ops not yet pushed for the next wait.
+                pending.drain(..i);
+                return Err(e);
+            }
             pushed = true;
         }
+        pending.clear();
         Ok(pushed)
     }
 

@@ -278,3 +278,124 @@ backend_test!(extend_is_not_lost_when_inotify_overflows, |b: Backend| {
     let e = expect_event(&kq, id(&f), V);
     assert_eq!(e.fflags & note::EXTEND, note::EXTEND, "{e:?}");
 });
+
+/// Watch file A on fd N, then make N name file B (`dup2`: the close and
+/// the reuse in one step, race-free with other test threads). Returns
+/// (A's path, B's path, B's file now at N, N).
+fn watch_a_then_reuse_n_for_b(
+    kq: &kevent::kevent_core::Kqueue,
+    flags: Flags,
+    udata: u64,
+) -> (TempPath, TempPath, std::os::fd::OwnedFd, u64) {
+    let a = TempPath::new("vn-stale-a");
+    let bp = TempPath::new("vn-stale-b");
+    std::fs::write(a.path(), b"a").unwrap();
+    std::fs::write(bp.path(), b"b").unwrap();
+    let fa = File::open(a.path()).unwrap();
+    let n = fa.as_raw_fd_u64();
+    change(kq, &[ev(n, V, Flags::ADD | flags, ALL, 0, udata)]);
+    let fb = File::open(bp.path()).unwrap();
+    // fa's number is taken over by B: A's fd is closed.
+    std::mem::forget(fa);
+    let reused = dup_onto(&fb, n as i32);
+    drop(fb);
+    (a, bp, reused, n)
+}
+
+backend_test!(
+    reused_fd_reports_nothing_of_the_old_file_without_readd,
+    |b: Backend| {
+        // No change names N after the reuse: the inotify events of A
+        // (write, attrib, rename, delete) must not be reported for N, and
+        // the knote is gone with A's fd (FreeBSD drops it at close).
+        let kq = kq(b);
+        let (a, bp, reused, n) = watch_a_then_reuse_n_for_b(&kq, Flags::CLEAR, 1);
+        OpenOptions::new()
+            .append(true)
+            .open(a.path())
+            .unwrap()
+            .write_all(b"more")
+            .unwrap();
+        std::fs::set_permissions(a.path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let moved = a.with_suffix(".renamed");
+        std::fs::rename(a.path(), &moved).unwrap();
+        std::fs::remove_file(&moved).unwrap();
+        expect_none(&kq, n, V);
+        // B, now at N, was never added: its changes are not reported.
+        writer(&bp).write_all_at(b"bb", 0).unwrap();
+        expect_none(&kq, n, V);
+        // The old knote is gone: DELETE finds nothing ...
+        assert_errno(
+            try_change(&kq, &[ev(n, V, Flags::DELETE, 0, 0, 0)]),
+            libc::ENOENT,
+        );
+        // ... and the next ADD on N works and watches B.
+        change(&kq, &[ev(n, V, Flags::ADD | Flags::CLEAR, ALL, 0, 2)]);
+        expect_none(&kq, n, V);
+        writer(&bp).write_all_at(b"bbb", 0).unwrap();
+        let e = expect_event(&kq, n, V);
+        assert_eq!((e.fflags & note::WRITE, e.udata), (note::WRITE, 2), "{e:?}");
+        drop(reused);
+    }
+);
+
+backend_test!(
+    notes_pending_when_the_fd_is_reused_are_not_reported,
+    |b: Backend| {
+        // A level knote holds A's WRITE when N is closed and reused: the
+        // next collection must not report it (the knote went with A's fd).
+        let kq = kq(b);
+        let a = TempPath::new("vn-pending-a");
+        let bp = TempPath::new("vn-pending-b");
+        std::fs::write(a.path(), b"a").unwrap();
+        std::fs::write(bp.path(), b"b").unwrap();
+        let fa = File::open(a.path()).unwrap();
+        let n = fa.as_raw_fd_u64();
+        change(&kq, &[ev(n, V, Flags::ADD, note::WRITE, 0, 1)]);
+        writer(&a).write_all_at(b"x", 0).unwrap();
+        // Level: reported, and still pending for the next call.
+        assert_eq!(expect_event(&kq, n, V).fflags, note::WRITE);
+        assert_eq!(expect_event(&kq, n, V).fflags, note::WRITE);
+        let fb = File::open(bp.path()).unwrap();
+        std::mem::forget(fa);
+        let reused = dup_onto(&fb, n as i32);
+        drop(fb);
+        expect_none(&kq, n, V);
+        assert_errno(
+            try_change(&kq, &[ev(n, V, Flags::DELETE, 0, 0, 0)]),
+            libc::ENOENT,
+        );
+        change(&kq, &[ev(n, V, Flags::ADD, note::WRITE, 0, 2)]);
+        expect_none(&kq, n, V);
+        writer(&bp).write_all_at(b"y", 0).unwrap();
+        assert_eq!(expect_event(&kq, n, V).udata, 2);
+        drop(reused);
+    }
+);
+
+backend_test!(
+    directory_entry_events_of_a_reused_fd_are_not_reported,
+    |b: Backend| {
+        // Directory events (create, delete, rename of an entry) carry no
+        // size or link count to check; they must be identity-checked too.
+        let kq = kq(b);
+        let d = TempPath::new("vn-stale-dir");
+        std::fs::create_dir(d.path()).unwrap();
+        let fd_dir = File::open(d.path()).unwrap();
+        let n = fd_dir.as_raw_fd_u64();
+        change(&kq, &[ev(n, V, Flags::ADD | Flags::CLEAR, ALL, 0, 1)]);
+        let other = TempPath::new("vn-stale-other");
+        std::fs::write(other.path(), b"o").unwrap();
+        let fo = File::open(other.path()).unwrap();
+        std::mem::forget(fd_dir);
+        let reused = dup_onto(&fo, n as i32);
+        drop(fo);
+        let entry = d.path().join("entry");
+        std::fs::write(&entry, b"e").unwrap();
+        std::fs::rename(&entry, d.path().join("entry2")).unwrap();
+        std::fs::remove_file(d.path().join("entry2")).unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        expect_none(&kq, n, V);
+        drop(reused);
+    }
+);

@@ -497,8 +497,17 @@ impl Kqueue {
                     cx.drop_knote(id);
                     return Ok(());
                 }
-                cx.core.knotes[key as usize].udata = ch.udata;
-                storage.modify(&mut cx, id, ch)?;
+                // FreeBSD sets udata before `f_touch`; a storage may read
+                // it in `modify`. A failed change leaves the knote as it
+                // was, udata too.
+                let old_udata =
+                    std::mem::replace(&mut cx.core.knotes[key as usize].udata, ch.udata);
+                if let Err(e) = storage.modify(&mut cx, id, ch) {
+                    if let Some(k) = cx.try_knote_mut(id) {
+                        k.udata = old_udata;
+                    }
+                    return Err(e);
+                }
                 id
             }
         };
@@ -645,7 +654,10 @@ impl Kqueue {
             };
             let storage = &mut st.storages[sidx as usize];
             if !storage.event(&mut cx, id, &mut ev) {
-                cx.core.knotes[key as usize].status &= !ACTIVE;
+                // The storage may have dropped the knote (its fd closed).
+                if let Some(k) = cx.try_knote_mut(id) {
+                    k.status &= !ACTIVE;
+                }
                 continue;
             }
             out[n] = ev;

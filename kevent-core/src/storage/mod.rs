@@ -21,6 +21,7 @@
 pub(crate) mod fd;
 pub(crate) mod proc_;
 pub mod signal;
+mod unix_diag;
 pub(crate) mod user;
 pub(crate) mod vnode;
 
@@ -49,9 +50,11 @@ pub trait Storage: Send + fmt::Debug + 'static {
     fn attach(&mut self, cx: &mut Context<'_>, kn: KnoteId) -> Result<(), Errno>;
 
     /// A change for an existing knote (any change without `EV_DELETE`):
-    /// `change` is the raw change. The default stores `fflags` and `data`
-    /// as the new subscription, as FreeBSD does for filters without
-    /// `f_touch`.
+    /// `change` is the raw change; the knote's `udata` is already the
+    /// change's. The default stores `fflags` and `data` as the new
+    /// subscription, as FreeBSD does for filters without `f_touch`. On
+    /// error the knote must be left as it was (validate before changing
+    /// anything); the queue restores `udata` and reports the errno.
     fn modify(&mut self, cx: &mut Context<'_>, kn: KnoteId, change: &Kevent) -> Result<(), Errno> {
         let k = cx.knote_mut(kn);
         k.sfflags = change.fflags;
@@ -66,7 +69,9 @@ pub trait Storage: Send + fmt::Debug + 'static {
     /// Re-check a queued knote at collection time: fill `out` (`data`,
     /// `fflags`, `flags` such as `EOF`) and return whether the condition
     /// holds. Returning `false` takes the knote off the ready list
-    /// undelivered. The default reports the pending state as it is.
+    /// undelivered; a storage that finds the knote stale (its fd closed)
+    /// may detach and [`Context::drop_knote`] it before returning `false`.
+    /// The default reports the pending state as it is.
     fn event(&mut self, cx: &mut Context<'_>, kn: KnoteId, out: &mut Kevent) -> bool {
         *out = cx.knote(kn).to_event();
         true

@@ -17,6 +17,16 @@
 //! As on FreeBSD the knote is not implicitly `CLEAR`: without `CLEAR` it
 //! keeps firing with the notes it has collected; with `CLEAR` each report
 //! carries only what happened since the last.
+//!
+//! **Close and reuse.** FreeBSD drops a VNODE knote when its fd is closed
+//! (`knote_fdclose`). Linux tells no one about a close, and the inotify
+//! watch lives on the inode, so each knote remembers the `(st_dev,
+//! st_ino)` its fd named at `ADD` and checks it wherever it could report:
+//! for every inotify event and at collection. An fd that was closed (or
+//! whose number now names another file) has its knote detached and
+//! dropped there, undelivered, and the next change for the number starts
+//! clean (`ADD` watches the new file). Between the close and that check
+//! the knote still exists: a `DELETE` in that window finds it.
 
 use super::{Context, Errno, Storage};
 use crate::event::{note, Filter, Kevent};
@@ -54,6 +64,8 @@ pub(crate) struct VnodeStorage {
     /// an fd closed and its number reused must not report the old file.
     ident_of: HashMap<u32, (u64, u64)>,
     buf: Vec<u8>,
+    /// Knotes found stale while walking a watch list, dropped after it.
+    stale: Vec<KnoteId>,
 }
 
 impl VnodeStorage {
@@ -67,14 +79,11 @@ impl VnodeStorage {
         });
         for list in self.watches.values() {
             for &id in list {
-                let same = self.ident_of.get(&id.key).copied();
-                let Some(k) = cx.try_knote_mut(id) else {
+                let Some(st) = same_file(&self.ident_of, cx, id) else {
+                    self.stale.push(id);
                     continue;
                 };
-                let Some(st) = sys::fstat(k.ident() as i32)
-                    .ok()
-                    .filter(|st| same == Some((st.st_dev, st.st_ino)))
-                else {
+                let Some(k) = cx.try_knote_mut(id) else {
                     continue;
                 };
                 let mut notes = 0;
@@ -100,7 +109,32 @@ impl VnodeStorage {
                 }
             }
         }
+        self.drop_stale(cx);
     }
+
+    /// Detach and drop the knotes found stale (their fd closed or reused).
+    fn drop_stale(&mut self, cx: &mut Context<'_>) {
+        while let Some(id) = self.stale.pop() {
+            if cx.try_knote_mut(id).is_some() {
+                self.detach(cx, id);
+                cx.drop_knote(id);
+            }
+        }
+    }
+}
+
+/// `fstat` of the knote's fd if it still names the file the knote was
+/// added for; `None` once the fd was closed or its number reused.
+fn same_file(
+    ident_of: &HashMap<u32, (u64, u64)>,
+    cx: &Context<'_>,
+    id: KnoteId,
+) -> Option<libc::stat> {
+    let want = *ident_of.get(&id.key)?;
+    let fd = i32::try_from(cx.knote(id).ident()).ok()?;
+    sys::fstat(fd)
+        .ok()
+        .filter(|st| (st.st_dev, st.st_ino) == want)
 }
 
 impl Storage for VnodeStorage {
@@ -169,8 +203,8 @@ impl Storage for VnodeStorage {
             if list.is_empty() {
                 self.watches.remove(&wd);
                 if let Some(ifd) = &self.ifd {
-                    // SAFETY: plain syscall on our inotify fd.
-                    unsafe { libc::inotify_rm_watch(ifd.as_raw_fd(), wd) };
+                    // EINVAL if the kernel dropped the watch already.
+                    let _ = sys::syscall!(inotify_rm_watch(ifd.as_raw_fd(), wd));
                 }
             }
         }
@@ -212,43 +246,42 @@ impl Storage for VnodeStorage {
                     continue;
                 };
                 for &id in list {
-                    let Some(k) = cx.try_knote_mut(id) else {
+                    if cx.try_knote_mut(id).is_none() {
+                        continue;
+                    }
+                    // Every note, the directory and self events too, only
+                    // while the fd still names the watched file: a closed
+                    // or reused fd drops the knote (FreeBSD drops it at
+                    // close). Size and link count come from this fstat.
+                    let Some(st) = same_file(&self.ident_of, cx, id) else {
+                        self.stale.push(id);
                         continue;
                     };
+                    let k = cx.knote_mut(id);
                     let mut notes = 0u32;
                     let m = ev.mask;
                     if m & (libc::IN_MODIFY | libc::IN_ATTRIB) != 0 {
-                        // Size and link count come from the fd, only while
-                        // it still names the watched file.
-                        let same = self.ident_of.get(&id.key).copied();
-                        if let Some(st) = sys::fstat(k.ident() as i32)
-                            .ok()
-                            .filter(|st| same == Some((st.st_dev, st.st_ino)))
-                        {
-                            if m & libc::IN_MODIFY != 0 {
-                                notes |= note::WRITE;
-                                if st.st_size as u64 > k.hook {
-                                    notes |= note::EXTEND;
-                                }
-                                // Only a MODIFY moves the size mark: an
-                                // earlier ATTRIB read later must not hide
-                                // the growth from it (merged events).
-                                k.hook = st.st_size as u64;
-                            }
-                            if m & libc::IN_ATTRIB != 0 {
-                                // FreeBSD reports the last unlink as
-                                // DELETE alone, not LINK too.
-                                if st.st_nlink == 0 {
-                                    notes |= note::DELETE;
-                                } else if st.st_nlink != k.hook2 {
-                                    notes |= note::LINK;
-                                } else {
-                                    notes |= note::ATTRIB;
-                                }
-                                k.hook2 = st.st_nlink;
-                            }
-                        } else if m & libc::IN_MODIFY != 0 {
+                        if m & libc::IN_MODIFY != 0 {
                             notes |= note::WRITE;
+                            if st.st_size as u64 > k.hook {
+                                notes |= note::EXTEND;
+                            }
+                            // Only a MODIFY moves the size mark: an
+                            // earlier ATTRIB read later must not hide
+                            // the growth from it (merged events).
+                            k.hook = st.st_size as u64;
+                        }
+                        if m & libc::IN_ATTRIB != 0 {
+                            // FreeBSD reports the last unlink as
+                            // DELETE alone, not LINK too.
+                            if st.st_nlink == 0 {
+                                notes |= note::DELETE;
+                            } else if st.st_nlink != k.hook2 {
+                                notes |= note::LINK;
+                            } else {
+                                notes |= note::ATTRIB;
+                            }
+                            k.hook2 = st.st_nlink;
                         }
                     }
                     if m & (libc::IN_CREATE
@@ -277,13 +310,36 @@ impl Storage for VnodeStorage {
                         cx.activate(id);
                     }
                 }
+                self.drop_stale(cx);
             }
         }
+    }
+
+    fn modify(&mut self, cx: &mut Context<'_>, id: KnoteId, ch: &Kevent) -> Result<(), Errno> {
+        // As at `ADD`: a re-`ADD` with notes VNODE does not know fails and
+        // leaves the knote as it was.
+        if ch.fflags & !ALL_NOTES != 0 {
+            return Err(libc::EINVAL);
+        }
+        let k = cx.knote_mut(id);
+        k.set_sfflags(ch.fflags);
+        k.sdata = ch.data;
+        Ok(())
     }
 
     fn event(&mut self, cx: &mut Context<'_>, id: KnoteId, out: &mut Kevent) -> bool {
         let k = cx.knote(id);
         *out = k.to_event();
-        k.fflags() != 0
+        if k.fflags() == 0 {
+            return false;
+        }
+        // Notes collected before the fd was closed (or its number reused)
+        // are not reported: the knote went with the fd.
+        if same_file(&self.ident_of, cx, id).is_none() {
+            self.detach(cx, id);
+            cx.drop_knote(id);
+            return false;
+        }
+        true
     }
 }

@@ -890,3 +890,109 @@ backend_test!(leftover_events_wake_a_blocked_leader, |b: Backend| {
         "woken only by its timeout: {waited:?}"
     );
 });
+
+/// A connected TCP pair whose client end was closed with a RST
+/// (`SO_LINGER {on, 0}`): the server end, with READ knote `flags` added
+/// before the reset.
+fn reset_server_end(kq: &kevent::kevent_core::Kqueue, flags: Flags) -> std::net::TcpStream {
+    let (c, s) = tcp_pair();
+    change(kq, &[ev(id(&s), R, Flags::ADD | flags, 0, 0, 0)]);
+    let lin = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt with a pointer to a live `linger` and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            c.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&lin as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    drop(c);
+    s
+}
+
+backend_test!(
+    socket_error_is_reported_with_every_level_eof_delivery,
+    |b: Backend| {
+        // Linux hands the error out once (reading SO_ERROR clears it); a
+        // level knote reported again must still carry it.
+        let kq = kq(b);
+        let s = reset_server_end(&kq, Flags::empty());
+        for round in 0..3 {
+            let e = expect_where(&kq, "READ with EOF", |e| e.ident == id(&s) && e.is_eof());
+            assert_eq!(e.fflags, libc::ECONNRESET as u32, "delivery {round}: {e:?}");
+        }
+        // A WRITE knote added later sees EOF with the same error.
+        change(&kq, &[ev(id(&s), W, Flags::ADD, 0, 0, 0)]);
+        let e = expect_where(&kq, "WRITE with EOF", |e| {
+            e.ident == id(&s) && e.filter == W && e.is_eof()
+        });
+        assert_eq!(e.fflags, libc::ECONNRESET as u32, "{e:?}");
+        // The library consumed the error: the program's SO_ERROR reads 0.
+        let mut v: libc::c_int = -1;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt into a live int with its size.
+        let rc = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!((rc, v), (0, 0));
+    }
+);
+
+backend_test!(data_unix_listen_backlog, |b: Backend| {
+    // Linux's FIONREAD refuses a listening Unix socket; the storage asks
+    // sock_diag for the accept queue length.
+    let kq = kq(b);
+    let t = TempPath::new("unix-listen");
+    let l = std::os::unix::net::UnixListener::bind(t.path()).unwrap();
+    l.set_nonblocking(true).unwrap();
+    change(&kq, &[ev(id(&l), R, Flags::ADD, 0, 0, 0)]);
+    expect_none(&kq, id(&l), R);
+    let clients: Vec<_> = (0..3)
+        .map(|_| std::os::unix::net::UnixStream::connect(t.path()).unwrap())
+        .collect();
+    expect_data(&kq, id(&l), R, 3);
+    let (_s, _) = l.accept().unwrap();
+    expect_data(&kq, id(&l), R, 2);
+    // LOWAT: fires only with at least that many waiting.
+    change(&kq, &[ev(id(&l), R, Flags::ADD, note::LOWAT, 3, 0)]);
+    expect_none(&kq, id(&l), R);
+    let more = std::os::unix::net::UnixStream::connect(t.path()).unwrap();
+    expect_data(&kq, id(&l), R, 3);
+    drop((clients, more));
+});
+
+backend_test!(
+    regular_file_offset_past_eof_reports_negative_data,
+    |b: Backend| {
+        // FreeBSD's filt_vfsread: data = size - offset, active while not 0.
+        let kq = kq(b);
+        let t = TempPath::new("past-eof");
+        std::fs::write(t.path(), vec![1u8; 100]).unwrap();
+        let mut f = std::fs::File::open(t.path()).unwrap();
+        change(&kq, &[ev(id(&f), R, Flags::ADD, 0, 0, 0)]);
+        expect_data(&kq, id(&f), R, 100);
+        f.seek(SeekFrom::Start(100)).unwrap();
+        expect_none(&kq, id(&f), R);
+        // A seek is no event (on FreeBSD neither); a change re-evaluates.
+        f.seek(SeekFrom::Start(130)).unwrap();
+        expect_none(&kq, id(&f), R);
+        change(&kq, &[ev(id(&f), R, Flags::ADD, 0, 0, 0)]);
+        expect_data(&kq, id(&f), R, -30);
+        // NOTE_FILE_POLL (poll(2)'s rule): readable at EOF too, data 0.
+        f.seek(SeekFrom::Start(100)).unwrap();
+        change(&kq, &[ev(id(&f), R, Flags::ADD, note::FILE_POLL, 0, 0)]);
+        expect_data(&kq, id(&f), R, 0);
+    }
+);

@@ -10,17 +10,35 @@
 //! | pipe / FIFO | bytes in the pipe (`FIONREAD`) | pipe size − bytes in it |
 //! | stream or datagram socket | bytes readable (`FIONREAD`; for UDP Linux reports the next datagram's size) | send buffer − queued (`SIOCOUTQ`) |
 //! | listening TCP socket | accept backlog length (`TCP_INFO.tcpi_unacked`) | — |
-//! | tty / char device | `FIONREAD` | 1 when writable |
+//! | listening Unix socket | accept backlog length (`sock_diag` `UNIX_DIAG_RQLEN`; 1 where `sock_diag` is unavailable) | — |
+//! | other listening socket (SCTP, vsock, ...) | 1 when a connection waits (Linux has no portable count) | — |
+//! | tty / pty / char device | `FIONREAD` | 1 when writable |
 //! | regular file, directory | bytes from offset to EOF (may be negative) | 0, always writable |
 //! | eventfd, timerfd, a queue, other | 1 when readable | 1 when writable |
 //!
 //! With `note::NODATA` (a kevent extension) READ and WRITE report
 //! `data` = 1 and skip the per-event `ioctl`.
 //!
-//! A regular file's READ fires only while the offset is not at EOF, as on
-//! FreeBSD (`note::FILE_POLL` makes it fire unconditionally, as `poll(2)`);
-//! an inotify watch on the file brings it back when the file is written,
-//! as FreeBSD wakes the filter on write (`tail -f`).
+//! **Regular files follow FreeBSD, not `poll(2)`/epoll.** FreeBSD's
+//! `filt_vfsread` (`sys/kern/vfs_subr.c`) sets `data` = file size − offset
+//! and fires only while that is not 0 (or with `NOTE_FILE_POLL`): a file
+//! read to its end is *not* readable, and one whose offset lies beyond its
+//! end reports a negative `data`. (The issue text's "a regular file is
+//! always readable" is `poll(2)`'s rule, and epoll refuses regular files
+//! with `EPERM` altogether.) `note::FILE_POLL` gives the `poll(2)` rule:
+//! always readable, `data` still the bytes to EOF. An inotify watch on the
+//! file brings the knote back when the file is written, as FreeBSD wakes
+//! the filter on write (`tail -f`).
+//!
+//! **The socket error.** `EOF` on a socket carries its pending error
+//! (`ECONNRESET`, ...) in `fflags`, as FreeBSD reports `so_error`. Linux
+//! hands the error out only through `getsockopt(SO_ERROR)`, which clears
+//! it: the storage reads it once, when `EPOLLERR` was seen, and keeps it,
+//! so every later `EOF` delivery of the fd's knotes (a level knote
+//! reported again and again) carries the same errno. The library thus
+//! consumes the error: after an `EOF` with an error a `read()` returns 0
+//! rather than failing with it, and the program's own `SO_ERROR` reads 0.
+//! Take the errno from `fflags`.
 //!
 //! **Close and reuse.** Linux drops a closed fd from epoll silently. Each
 //! fd entry remembers the file's `(st_dev, st_ino)`; a change for the fd
@@ -68,6 +86,7 @@ enum Kind {
     Pipe,
     Socket,
     TcpListener,
+    UnixListener,
     Listener,
     Tty,
     Regular,
@@ -86,8 +105,11 @@ struct FdEntry {
     registered: u8,
     eof_rd: bool,
     eof_wr: bool,
-    /// Pending socket error seen with `EPOLLERR`.
+    /// `EPOLLERR` seen: the socket error is still to be fetched.
     err: bool,
+    /// The socket error fetched (`SO_ERROR`, which clears it in the
+    /// kernel), reported in `fflags` with every `EOF` delivery.
+    so_error: i32,
     /// Cached send buffer or pipe size (0 = not fetched yet).
     cap: i32,
     fionread_ok: bool,
@@ -104,6 +126,8 @@ pub(crate) struct FdStorage {
     /// re-activates their READ knotes when the file is written (FreeBSD
     /// wakes `filt_vfsread` on write: the `tail -f` case).
     files: FileWatches,
+    /// `sock_diag` for the accept backlog of listening Unix sockets.
+    diag: super::unix_diag::UnixDiag,
 }
 
 /// Payload tag of the fd storage's own inotify fd.
@@ -157,8 +181,8 @@ impl FileWatches {
             if list.is_empty() {
                 self.knotes.remove(&wd);
                 if let Some(ifd) = &self.ifd {
-                    // SAFETY: plain syscall on our inotify fd.
-                    unsafe { libc::inotify_rm_watch(ifd.as_raw_fd(), wd) };
+                    // EINVAL if the kernel dropped the watch already.
+                    let _ = sys::syscall!(inotify_rm_watch(ifd.as_raw_fd(), wd));
                 }
             }
         }
@@ -232,8 +256,12 @@ fn classify(fd: RawFd, mode: u32) -> Kind {
             if sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).unwrap_or(0) != 0 {
                 let proto =
                     sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL).unwrap_or(0);
+                let domain =
+                    sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(0);
                 if proto == libc::IPPROTO_TCP {
                     Kind::TcpListener
+                } else if domain == libc::AF_UNIX {
+                    Kind::UnixListener
                 } else {
                     Kind::Listener
                 }
@@ -336,6 +364,7 @@ impl Storage for FdStorage {
                 eof_rd: false,
                 eof_wr: false,
                 err: false,
+                so_error: 0,
                 cap: 0,
                 fionread_ok: true,
             });
@@ -400,9 +429,7 @@ impl Storage for FdStorage {
     }
 
     fn modify(&mut self, cx: &mut Context<'_>, id: KnoteId, ch: &Kevent) -> Result<(), Errno> {
-        let k = cx.knote_mut(id);
-        k.set_sfflags(ch.fflags);
-        k.sdata = ch.data;
+        let k = cx.knote(id);
         let (ident, is_read) = (k.ident(), k.filter() == Filter::Read);
         // A file reopened at the same number with the same inode (a FIFO,
         // a tty) passed `resolve`, but epoll dropped the old open file's
@@ -425,6 +452,11 @@ impl Storage for FdStorage {
                 }
             }
         }
+        // Only now, when nothing can fail: a failed change leaves the
+        // knote as it was.
+        let k = cx.knote_mut(id);
+        k.set_sfflags(ch.fflags);
+        k.sdata = ch.data;
         // FreeBSD re-evaluates the filter after a change.
         cx.activate(id);
         Ok(())
@@ -510,7 +542,7 @@ impl Storage for FdStorage {
         let Ok(fd) = fd_of(k.ident()) else {
             return false;
         };
-        let Some(e) = self.entry(fd) else {
+        let Some(e) = self.fds.get_mut(fd as usize).and_then(|e| e.as_mut()) else {
             return false;
         };
         if !fresh {
@@ -526,15 +558,21 @@ impl Storage for FdStorage {
             match kind {
                 Kind::Regular => {
                     let size = sys::fstat(fd).map(|s| s.st_size).unwrap_or(0);
-                    // SAFETY: lseek with SEEK_CUR and offset 0 only reads
-                    // the file offset.
-                    let off = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
-                    let data = size - off.max(0);
+                    // SEEK_CUR with offset 0 only reads the file offset.
+                    let off = sys::syscall!(lseek(fd, 0, libc::SEEK_CUR)).unwrap_or(0);
+                    let data = size - off;
                     (data != 0 || file_poll, data, false)
                 }
                 Kind::TcpListener => match listen_backlog(fd) {
                     Some(n) => (n >= lowat, n, false),
                     None => (false, 0, false),
+                },
+                Kind::UnixListener if !nodata => match self.diag.backlog(e.ino) {
+                    Some(n) => (n >= lowat, n, false),
+                    None => {
+                        let r = if fresh { hint } else { poll_one(fd) };
+                        (r.any(Readiness::READABLE), 1, false)
+                    }
                 },
                 Kind::Pipe | Kind::Socket | Kind::Tty if nodata => {
                     let r = if fresh { hint } else { poll_one(fd) };
@@ -604,10 +642,17 @@ impl Storage for FdStorage {
         out.data = data;
         if eof {
             out.flags.insert(Flags::EOF);
-            if kind == Kind::Socket && e.err {
-                e.err = false;
-                out.fflags =
-                    sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR).unwrap_or(0) as u32;
+            if kind == Kind::Socket {
+                if e.err {
+                    // Fetched once (reading SO_ERROR clears it), kept for
+                    // every later EOF delivery of this file's knotes.
+                    e.err = false;
+                    let v = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR).unwrap_or(0);
+                    if v != 0 {
+                        e.so_error = v;
+                    }
+                }
+                out.fflags = e.so_error as u32;
             }
         }
         true

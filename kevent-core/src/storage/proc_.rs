@@ -79,13 +79,9 @@ impl Storage for ProcStorage {
         if pid == 0 || pid > i32::MAX as u64 {
             return Err(libc::ESRCH);
         }
-        // SAFETY: pidfd_open takes a pid and flags; no pointers.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::ESRCH));
-        }
+        // pidfd_open takes a pid and flags; no pointers.
+        let fd = sys::syscall!(syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0))
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::ESRCH))?;
         // SAFETY: a new fd returned by pidfd_open, owned by no one else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         self.next_reg += 1;
@@ -95,6 +91,17 @@ impl Storage for ProcStorage {
         cx.knote_mut(id).set_flags(Flags::CLEAR, true);
         self.pidfds.insert(reg, (id, fd));
         self.reg_of.insert(id.key, reg);
+        Ok(())
+    }
+
+    fn modify(&mut self, cx: &mut Context<'_>, id: KnoteId, ch: &Kevent) -> Result<(), Errno> {
+        // As at `ADD`; a refused change leaves the knote as it was.
+        if ch.fflags & !note::EXIT != 0 {
+            return Err(libc::EOPNOTSUPP);
+        }
+        let k = cx.knote_mut(id);
+        k.set_sfflags(ch.fflags);
+        k.sdata = ch.data;
         Ok(())
     }
 

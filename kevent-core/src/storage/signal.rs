@@ -34,13 +34,13 @@ pub(crate) struct SignalStorage {
 }
 
 fn sigset(sigs: impl Iterator<Item = i32>) -> libc::sigset_t {
-    // SAFETY: sigemptyset initialises the set it is given.
+    // SAFETY: an all-zero sigset_t is a valid (empty) value of this plain
+    // C struct; sigemptyset below makes it so officially.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t.
-    unsafe { libc::sigemptyset(&mut set) };
+    // Neither fails for a valid set and, as here, a checked signal number.
+    let _ = sys::syscall!(sigemptyset(&mut set));
     for s in sigs {
-        // SAFETY: as above; `s` is a valid signal number (checked at attach).
-        unsafe { libc::sigaddset(&mut set, s) };
+        let _ = sys::syscall!(sigaddset(&mut set, s));
     }
     set
 }
@@ -58,12 +58,8 @@ pub fn block_signals(signals: &[i32]) -> std::io::Result<()> {
         }
     }
     let set = sigset(signals.iter().copied());
-    // SAFETY: `set` is a valid sigset; a null old-set pointer is allowed.
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if rc != 0 {
-        return Err(std::io::Error::from_raw_os_error(rc));
-    }
-    Ok(())
+    // `set` is a valid sigset; a null old-set pointer is allowed.
+    sys::syscall!(errno pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()))
 }
 
 impl SignalStorage {

@@ -7,9 +7,18 @@
 //! word (the low 24 bits), `data` the `data` of the last change. Every
 //! change to the knote replaces `udata`, as on FreeBSD.
 //!
-//! Where FreeBSD differs from intuition we note our choice: `TRIGGER`
-//! given with the `ADD` that creates the knote triggers it at once (as
-//! macOS and libkqueue do).
+//! **`ADD` with `TRIGGER` fires at once** — as on macOS (XNU's
+//! `filt_userattach` tests `kn_sfflags`), OpenBSD, DragonFly and libkqueue,
+//! and as FreeBSD's code intends, but not as FreeBSD behaves:
+//! FreeBSD's `filt_userattach` (`sys/kern/kern_event.c`, 14.x) sets
+//! `kn_hookid` from `kn_fflags & NOTE_TRIGGER`, and `kqueue_register` has
+//! zeroed `kev->fflags` before copying the change into `kn_kevent` (the
+//! requested fflags live in `kn_sfflags`), so the `f_event` call that
+//! follows the attach sees `kn_hookid` = 0 and a FreeBSD knote created
+//! with `TRIGGER` stays untriggered until a later `TRIGGER`. We follow the
+//! evident intent and every other implementation here; a program written
+//! for FreeBSD that adds and triggers in two changes behaves the same on
+//! both.
 
 use super::{Context, Errno, Storage};
 use crate::event::{note, Filter, Flags, Kevent};

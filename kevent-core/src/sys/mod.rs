@@ -33,7 +33,20 @@ use std::os::fd::RawFd;
 use std::time::Duration;
 
 /// Turn a `-1`/errno return into `io::Result`: the one door for syscalls.
+/// `syscall!(errno f(..))` is the variant for the functions that return
+/// the errno itself and 0 on success (`pthread_sigmask`, `pthread_kill`).
 macro_rules! syscall {
+    (errno $fn:ident ( $($arg:expr),* $(,)? )) => {{
+        #[allow(unused_unsafe)]
+        // SAFETY: as below; these functions report failure in their
+        // return value and leave `errno` alone.
+        let rc = unsafe { libc::$fn($($arg),*) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::from_raw_os_error(rc))
+        }
+    }};
     ($fn:ident ( $($arg:expr),* $(,)? )) => {{
         #[allow(unused_unsafe)]
         // SAFETY: every caller passes valid fds and pointers to live,

@@ -1,0 +1,165 @@
+//! `kevent()` does not allocate after warm-up: a USER trigger loop and a
+//! pipe READ loop (level and `CLEAR`), counted by a global allocator that
+//! counts only the allocations of the thread being measured (the work of
+//! `kevent()` runs on the calling thread; other test threads and the test
+//! harness allocate as they like).
+
+#[macro_use]
+mod util;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use kevent::{note, Backend, Filter, Flags, Kevent};
+use util::*;
+
+struct Counting;
+
+thread_local! {
+    /// Whether this thread's allocations are being counted.
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    /// This thread's allocations while counting.
+    static COUNT: Cell<u64> = const { Cell::new(0) };
+}
+
+fn note_alloc() {
+    // `try_with`: the allocator also runs while thread-locals are torn down.
+    let _ = COUNTING.try_with(|c| {
+        if c.get() {
+            let _ = COUNT.try_with(|n| n.set(n.get() + 1));
+        }
+    });
+}
+
+// SAFETY: forwards to the system allocator unchanged; only counts (the
+// thread-locals are const-initialised without destructors, so touching
+// them never allocates).
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        note_alloc();
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        note_alloc();
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc_zeroed(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        note_alloc();
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations made by this thread while `f` runs.
+fn allocations_in(f: impl FnOnce()) -> u64 {
+    COUNT.with(|n| n.set(0));
+    COUNTING.with(|c| c.set(true));
+    f();
+    COUNTING.with(|c| c.set(false));
+    COUNT.with(|n| n.get())
+}
+
+backends_complete_test!();
+
+const WARM: usize = 200;
+const ROUNDS: usize = 2000;
+
+#[test]
+fn the_counter_sees_allocations() {
+    // The measurement can fail: an allocation on this thread is counted.
+    let n = allocations_in(|| {
+        let v: Vec<u64> = Vec::with_capacity(16);
+        std::hint::black_box(&v);
+    });
+    assert_eq!(n, 1);
+}
+
+backend_test!(user_trigger_loop_does_not_allocate, |b: Backend| {
+    let kq = core_kq(b);
+    let u = Filter::User;
+    change(&kq, &[ev(1, u, Flags::ADD | Flags::CLEAR, 0, 0, 0)]);
+    change(&kq, &[ev(2, u, Flags::ADD, 0, 0, 0)]);
+    let mut out = [Kevent::default(); 8];
+    // Trigger and collect in one call, and trigger then wait.
+    let trig = [ev(1, u, Flags::empty(), note::TRIGGER, 0, 7)];
+    let mut round = || {
+        let n = kq.kevent(&trig, &mut out, Some(Duration::ZERO)).unwrap();
+        assert_eq!((n, out[0].ident, out[0].udata), (1, 1, 7));
+        kq.trigger(1).unwrap();
+        let n = kq
+            .kevent(&[], &mut out, Some(Duration::from_secs(1)))
+            .unwrap();
+        assert_eq!((n, out[0].ident), (1, 1));
+    };
+    for _ in 0..WARM {
+        round();
+    }
+    let n = allocations_in(|| {
+        for _ in 0..ROUNDS {
+            round();
+        }
+    });
+    assert_eq!(n, 0, "{n} allocations in {ROUNDS} USER rounds on {b:?}");
+    // A level knote re-checked on every call allocates nothing either.
+    change(&kq, &[ev(2, u, Flags::empty(), note::TRIGGER, 0, 0)]);
+    let mut level = || {
+        let n = kq.kevent(&[], &mut out, Some(Duration::ZERO)).unwrap();
+        assert_eq!((n, out[0].ident), (1, 2));
+    };
+    for _ in 0..WARM {
+        level();
+    }
+    let n = allocations_in(|| (0..ROUNDS).for_each(|_| level()));
+    assert_eq!(n, 0, "{n} allocations re-reporting a level USER knote");
+});
+
+fn pipe_loop(b: Backend, flags: Flags) {
+    let kq = core_kq(b);
+    let (mut rx, mut tx) = pipe();
+    change(
+        &kq,
+        &[ev(id(&rx), Filter::Read, Flags::ADD | flags, 0, 0, 3)],
+    );
+    let mut out = [Kevent::default(); 8];
+    let mut byte = [0u8; 1];
+    let mut round = || {
+        tx.write_all(b"x").unwrap();
+        let n = kq
+            .kevent(&[], &mut out, Some(Duration::from_secs(1)))
+            .unwrap();
+        assert_eq!(n, 1, "{:?}", &out[..n]);
+        assert_eq!((out[0].ident, out[0].data, out[0].udata), (id(&rx), 1, 3));
+        rx.read_exact(&mut byte).unwrap();
+    };
+    for _ in 0..WARM {
+        round();
+    }
+    let n = allocations_in(|| {
+        for _ in 0..ROUNDS {
+            round();
+        }
+    });
+    assert_eq!(
+        n, 0,
+        "{n} allocations in {ROUNDS} pipe READ rounds ({flags:?}) on {b:?}"
+    );
+}
+
+backend_test!(pipe_read_level_loop_does_not_allocate, |b: Backend| {
+    pipe_loop(b, Flags::empty())
+});
+
+backend_test!(pipe_read_clear_loop_does_not_allocate, |b: Backend| {
+    pipe_loop(b, Flags::CLEAR)
+});

@@ -163,7 +163,7 @@ fn kevent_two_threads(b: Backend, iters: u64) -> Duration {
 
 // ---- kevent network AIO (Filter::Aio: recv/send ops) ----------------------
 
-fn aio_queue(b: Backend) -> (kevent::kevent_core::Kqueue, Aio) {
+fn aio_queue(b: Backend) -> (Kqueue, Aio) {
     let (aio, storage) = Aio::new();
     let kq = Kqueue::builder(b)
         .unwrap()

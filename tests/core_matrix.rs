@@ -484,10 +484,8 @@ fn pty() -> (File, File) {
     assert_eq!(unsafe { libc::unlockpt(m) }, 0);
     let mut name = [0 as libc::c_char; 128];
     // SAFETY: ptsname_r writes a NUL-terminated name into `name`.
-    assert_eq!(
-        unsafe { libc::ptsname_r(m, name.as_mut_ptr(), name.len()) },
-        0
-    );
+    let rc = unsafe { libc::ptsname_r(m, name.as_mut_ptr(), name.len()) };
+    assert_eq!(rc, 0);
     // SAFETY: `name` is NUL-terminated (ptsname_r succeeded).
     let s = unsafe { libc::open(name.as_ptr(), flags) };
     assert!(s >= 0, "open slave: {}", std::io::Error::last_os_error());

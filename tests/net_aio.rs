@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 backends_complete_test!();
 
-fn queue(b: Backend) -> (CoreQueue, Aio) {
+fn queue(b: Backend) -> (kevent::Kqueue, Aio) {
     let (aio, storage) = Aio::new();
     let kq = kevent::Kqueue::builder(b)
         .unwrap()

@@ -31,7 +31,8 @@
 //! (level, `CLEAR`, `ONESHOT`, `DISPATCH`).
 //!
 //! Where FreeBSD and macOS differ, FreeBSD is followed and the item's docs
-//! say so.
+//! say so; the one exception (USER: an `ADD` with `TRIGGER` fires at once,
+//! which FreeBSD's code intends but does not do) says why.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 

@@ -46,8 +46,11 @@ impl Storage for UserStorage {
     fn attach(&mut self, cx: &mut Context<'_>, id: KnoteId) -> Result<(), Errno> {
         let k = cx.knote_mut(id);
         let f = k.sfflags();
-        // FreeBSD keeps the ADD's fflags as the flag word (whatever the
-        // control bits say); the control and TRIGGER bits are not kept.
+        // The ADD's fflags become the flag word whatever the control bits
+        // say, as on FreeBSD. FreeBSD stores them raw (`kn_sfflags =
+        // kev->fflags`), control and TRIGGER bits included, and reports
+        // them back; we keep the low 24 bits only (as DragonFly does), so
+        // a delivered flag word never carries control bits.
         k.set_sfflags(f & note::FFLAGSMASK);
         if f & note::TRIGGER != 0 {
             k.hook = 1;

@@ -186,15 +186,6 @@ impl Timerfd {
         self.fd.as_raw_fd()
     }
 
-    /// Reads the expiration count of a non-blocking timerfd: `Ok(0)` if it
-    /// has not expired since the last read.
-    pub(crate) fn try_read(&self) -> io::Result<u64> {
-        match self.wait() {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
-            r => r,
-        }
-    }
-
     /// Blocks until the timer has expired at least once; returns the number
     /// of expirations since the last read. Restarts on EINTR.
     pub(crate) fn wait(&self) -> io::Result<u64> {

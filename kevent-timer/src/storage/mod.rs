@@ -118,7 +118,9 @@
 //! deadline, the queue made 3397 `epoll_pwait2` calls and 3399
 //! `timerfd_settime` (epoll; io_uring: 3218 `io_uring_enter`); armed at
 //! the exact deadline, 1950 and 1952 (io_uring: 1988) — one per tick,
-//! the rest merged under strace's overhead.
+//! the rest merged under strace's overhead. With the timerfd's count no
+//! longer read (edge-triggered watch, reset by the next
+//! `timerfd_settime`), a tick costs two syscalls: the wait and the re-arm.
 
 mod change;
 mod wakeup;

@@ -124,12 +124,12 @@ impl Waker {
         }
     }
 
-    /// The timerfd reported readiness: drain its count (EAGAIN when
-    /// already drained); it is disarmed now (one-shot).
+    /// The timerfd reported readiness: it is disarmed now (one-shot). Its
+    /// expiration count is not read: the queue watches it edge-triggered
+    /// (every expiry wakes it again, read or not) and the next
+    /// `timerfd_settime` resets the count, so a `read` per tick would be
+    /// a syscall for nothing.
     pub(super) fn on_timerfd(&mut self) {
-        if let Some(tfd) = &self.timerfd {
-            let _ = tfd.try_read();
-        }
         self.armed = None;
     }
 

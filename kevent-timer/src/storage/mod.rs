@@ -509,9 +509,9 @@ impl Storage for TimerStorage {
         self.expire_at(cx, sys::monotonic_ns());
     }
 
-    fn completion(&mut self, cx: &mut Context<'_>, payload: u64, _result: i32, _flags: u32) {
+    fn completion(&mut self, cx: &mut Context<'_>, payload: u64, result: i32, _flags: u32) {
         // -ETIME: the live timeout expired; -ECANCELED: an old one went.
-        if self.waker.on_completion(payload) {
+        if self.waker.on_completion(cx, payload, result) {
             sys::min_timer_slack_once();
             self.expire_at(cx, sys::monotonic_ns());
         }

@@ -37,7 +37,10 @@ pub enum Wakeup {
     /// `CLOCK_MONOTONIC`, submitted with the leader's next wait (a change
     /// from another thread wakes a blocked leader to submit it); a re-arm
     /// cancels the previous one. On the epoll backend this is
-    /// [`Wakeup::Timerfd`].
+    /// [`Wakeup::Timerfd`], and a kernel that refuses the op (any result
+    /// but `-ETIME`) turns it into one, logged. A queue dropped with the
+    /// op in flight leaves its 16-byte timespec allocated (the ring is
+    /// torn down after its storages and may still read it).
     UringTimeout,
 }
 
@@ -133,14 +136,33 @@ impl Waker {
         self.armed = None;
     }
 
-    /// A ring op of ours completed: whether it was the live timeout (the
-    /// armed deadline has come; the caller runs the due timers).
-    pub(super) fn on_completion(&mut self, payload: u64) -> bool {
-        if self.uring.complete(payload) {
-            self.armed = None;
-            return true;
+    /// A ring op of ours completed with `result`: whether it was the live
+    /// timeout (the armed deadline has come, or the op failed; either way
+    /// the caller runs the due timers and re-arms). A timeout op the kernel
+    /// refuses (anything but `-ETIME` for the live one) would fail again on
+    /// every re-arm, so the storage falls back to a timerfd for good.
+    pub(super) fn on_completion(
+        &mut self,
+        cx: &mut Context<'_>,
+        payload: u64,
+        result: i32,
+    ) -> bool {
+        if !self.uring.complete(payload) {
+            return false;
         }
-        false
+        self.armed = None;
+        if result != -libc::ETIME && self.mode == Some(Wakeup::UringTimeout) {
+            log::error!(
+                "EVFILT_TIMER: io_uring timeout failed ({}); using a timerfd",
+                io::Error::from_raw_os_error(-result)
+            );
+            self.asked = Wakeup::Timerfd;
+            self.mode = None;
+            if let Err(e) = self.ensure(cx) {
+                log::error!("EVFILT_TIMER: no timerfd either: {e}");
+            }
+        }
+        true
     }
 }
 
@@ -172,8 +194,11 @@ impl UringTimer {
     fn program(&mut self, cx: &mut Context<'_>, next: Option<u64>) -> io::Result<()> {
         if let Some(p) = self.live.take() {
             // Its completion (-ECANCELED, or -ETIME if it raced) frees the
-            // slot; `complete` ignores it as no longer live.
-            cx.cancel_op(p)?;
+            // slot; `complete` ignores it as no longer live, so an old op
+            // left running (the cancel not queued) only costs a wake-up.
+            if let Err(e) = cx.cancel_op(p) {
+                log::warn!("EVFILT_TIMER: cannot cancel the old io_uring timeout: {e}");
+            }
         }
         let Some(ns) = next else { return Ok(()) };
         let slot = match self.free.pop() {
@@ -222,9 +247,10 @@ impl UringTimer {
 impl Drop for UringTimer {
     fn drop(&mut self) {
         if self.inflight > 0 {
-            // An op may still sit unsubmitted in the ring: leave its
-            // timespec valid (a few bytes) rather than free it under the
-            // kernel.
+            // An op may still sit unsubmitted in the ring, which the queue
+            // tears down after its storages: leave its timespec valid (16
+            // bytes a slot, usually one or two per queue) rather than free
+            // it under the kernel.
             std::mem::forget(std::mem::take(&mut self.slots));
         }
     }

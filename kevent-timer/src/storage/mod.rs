@@ -61,7 +61,8 @@
 //! slot's millisecond, so a 1 kHz timer costs one wake-up per tick (with
 //! the slot's start it cost two: one to move the timer to the near list,
 //! one at its deadline). Arming a timer earlier than the armed time
-//! re-arms at once (O(1)); cancelling the earliest re-computes it.
+//! re-arms at once (O(1)); cancelling the earliest re-computes it when
+//! that looks at no more than 64 timers, else the one early wake-up does.
 //! Timers below 1 ms (`USECONDS`, `NSECONDS`) therefore fire no earlier
 //! than asked and as soon after as the kernel wakes the thread; nothing
 //! is rounded to the wheel's millisecond.
@@ -281,17 +282,31 @@ impl TimerStorage {
     /// The earliest exact deadline: the near list's, or among the wheel's
     /// next slot (which holds the wheel's earliest timer).
     fn earliest(&self) -> Option<u64> {
+        self.earliest_within(usize::MAX).flatten()
+    }
+
+    /// [`earliest`](Self::earliest) if it takes looking at no more than
+    /// `budget` timers, else `None`.
+    fn earliest_within(&self, budget: usize) -> Option<Option<u64>> {
+        if self.near.len() > budget {
+            return None;
+        }
         let deadline = |&i: &usize| self.timers[i].deadline_ns;
         let near = self.near.iter().filter_map(deadline).min();
-        let wheel = self
-            .wheel
-            .peek_next()
-            .filter_map(|(_, i)| deadline(i))
-            .min();
-        match (near, wheel) {
+        let mut wheel = None;
+        for (seen, (_, i)) in self.wheel.peek_next().enumerate() {
+            if self.near.len() + seen >= budget {
+                return None;
+            }
+            wheel = match (wheel, deadline(i)) {
+                (Some(a), Some(b)) => Some(std::cmp::min(a, b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Some(match (near, wheel) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
-        }
+        })
     }
 
     /// Programs the wake-up for the earliest exact deadline.
@@ -301,9 +316,14 @@ impl TimerStorage {
     }
 
     /// After timer `idx` moved from `old` to `new`: re-arm the wake-up if
-    /// it must come earlier (O(1)), or if the timer was the earliest (the
-    /// armed time would wake for nothing).
+    /// it must come earlier (O(1)). If the timer was the earliest, the
+    /// armed time would wake for nothing: re-compute it when that means
+    /// looking at a few timers (a slot holding thousands, cancelled
+    /// earliest-first, would make that quadratic), else leave it and let
+    /// that one early wake-up re-compute.
     fn moved(&mut self, cx: &mut Context<'_>, old: Option<u64>, new: Option<u64>) {
+        /// Timers looked at, at most, to re-compute after a cancel.
+        const BUDGET: usize = 64;
         if let Some(d) = new {
             if self.waker.armed.is_none_or(|a| d < a) {
                 self.waker.lower(cx, d);
@@ -311,7 +331,9 @@ impl TimerStorage {
             }
         }
         if old.is_some() && old == self.waker.armed && new != old {
-            self.rearm(cx);
+            if let Some(next) = self.earliest_within(BUDGET) {
+                self.waker.program(cx, next);
+            }
         }
     }
 

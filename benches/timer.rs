@@ -561,7 +561,7 @@ fn summary() {
         let (a, b) = (at(a)?, at(b)?);
         Some((wall[b] / wall[a], cpu[b] / cpu[a]))
     };
-    println!();
+    println!("\nratios: the peer's time per operation over ours (> 1: ours is faster)");
     if let Some(w) = at("insert_cancel/wheel") {
         println!(
             "wheel insert+cancel: {:.1} M ops/s wall, {:.1} M ops/s CPU (goal >= 20 M)",
@@ -580,7 +580,7 @@ fn summary() {
         ("arm_10k/kevent_uring", "arm_10k/tokio_sleep_reset", ""),
     ] {
         if let Some((rw, rc)) = ratio(a, b) {
-            println!("{a} vs {b}: {rw:.1}x wall, {rc:.1}x CPU{goal}");
+            println!("{a} vs {b}: {rw:.2}x wall, {rc:.2}x CPU{goal}");
         }
     }
 }

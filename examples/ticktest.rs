@@ -25,21 +25,57 @@
 //! cargo run --release --example ticktest -- --rt --plot ticktest.svg
 //! ```
 //!
+//! Each pass's figure is printed as the pass ends (as dahdi_test does), and
+//! Ctrl-C (SIGINT) ends the run early with the summary of the passes done.
+//!
 //! `--compare` runs the same test, pass by pass interleaved (A B C A B C …,
 //! each pass a fresh start), beside a plain timerfd loop (relative periodic
 //! timerfd, default slack, SCHED_OTHER) and a naive loop of 1 ms
-//! `epoll_wait` timeouts. `--rt` applies only to kevent's tick thread; the
-//! peers are the loops a user would write.
+//! `epoll_wait` timeouts. `--rt` applies only to kevent's tick threads (the
+//! Ticker and the EVFILT_TIMER source); the peers are the loops a user
+//! would write. `--compare-wakeups` runs the EVFILT_TIMER source with each
+//! of the timer storage's wake-up mechanisms on each backend, interleaved
+//! the same way (the figures in `kevent_timer::storage`'s docs).
+//!
+//! `--json` prints one object: `passes` is the array of per-pass accuracy
+//! figures (%, in order), `pass_count` their number, then `best`, `worst`,
+//! `average`, `cumulative` (%), `ticks`, `wakes`, `missed`,
+//! `longest_gap_us`, `lateness_us: {p50, p99, p999, max}` and `clock`; with
+//! `--compare`/`--compare-wakeups` the other sources' objects sit under
+//! `compare`, keyed by name. Per-pass figures go to stderr as they come.
 
-use std::io;
+use std::io::{self, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use kevent_core::Backend;
+use kevent_timer::storage::Wakeup;
 use kevent_timer::{TickStats, Ticker, TickerError, WaitMethod};
 use serde_json::{json, Value};
+
+/// Set by SIGINT: end the run after the current wake, print what is done.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// SIGINT sets [`STOP`]; `SA_RESTART` so blocking reads and sleeps go on
+/// until the next tick, where the flag is looked at.
+fn install_sigint() -> io::Result<()> {
+    // SAFETY: an all-zero sigaction is a valid value of this C struct.
+    let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+    sa.sa_sigaction = on_sigint as extern "C" fn(libc::c_int) as usize;
+    sa.sa_flags = libc::SA_RESTART;
+    // SAFETY: `sa` is a valid sigaction whose handler only stores to an
+    // atomic (async-signal-safe); the old action is not wanted.
+    cvt(unsafe { libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut()) })?;
+    Ok(())
+}
 
 /// dahdi_test counts 8 samples per 1 ms tick and ends a pass at 8000.
 const SAMPLES_PER_MS: f64 = 8.0;
@@ -68,11 +104,22 @@ struct Args {
     /// read through a kevent queue.
     #[arg(long, value_enum, default_value_t = Via::Ticker)]
     via: Via,
+    /// The kevent queue's backend (`--via kqueue`).
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    backend: BackendArg,
+    /// How the timer storage wakes the waiting thread (`--via kqueue`).
+    #[arg(long, value_enum, default_value_t = WakeupArg::Timerfd)]
+    wakeup: WakeupArg,
     /// Also run a plain timerfd loop and a naive 1 ms epoll_wait loop (and
     /// both kevent sources).
     #[arg(long)]
     compare: bool,
-    /// Print one JSON object instead of the text report.
+    /// Run the EVFILT_TIMER source with every wake-up mechanism on every
+    /// backend, interleaved.
+    #[arg(long, conflicts_with = "compare")]
+    compare_wakeups: bool,
+    /// Print one JSON object instead of the text report: `passes` is the
+    /// array of per-pass accuracy figures (%), `pass_count` their number.
     #[arg(long)]
     json: bool,
     /// Draw the lateness histogram and per-pass accuracy to this SVG file.
@@ -84,6 +131,43 @@ struct Args {
 enum Via {
     Ticker,
     Kqueue,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum BackendArg {
+    Auto,
+    Epoll,
+    Uring,
+}
+
+impl From<BackendArg> for Backend {
+    fn from(b: BackendArg) -> Backend {
+        match b {
+            BackendArg::Auto => Backend::Auto,
+            BackendArg::Epoll => Backend::Epoll,
+            BackendArg::Uring => Backend::IoUring,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum WakeupArg {
+    /// A timerfd armed with TFD_TIMER_ABSTIME (the default).
+    Timerfd,
+    /// The queue's wait timeout (epoll_pwait2 / io_uring EXT_ARG).
+    Timeout,
+    /// An io_uring TIMEOUT op with IORING_TIMEOUT_ABS (io_uring only).
+    UringTimeout,
+}
+
+impl From<WakeupArg> for Wakeup {
+    fn from(w: WakeupArg) -> Wakeup {
+        match w {
+            WakeupArg::Timerfd => Wakeup::Timerfd,
+            WakeupArg::Timeout => Wakeup::QueueTimeout,
+            WakeupArg::UringTimeout => Wakeup::UringTimeout,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -148,12 +232,14 @@ struct KqueueSource {
 }
 
 impl KqueueSource {
-    fn new(period_ns: u64, rt: bool) -> io::Result<Self> {
+    /// The source on the calling thread; with `rt` that thread goes under
+    /// `SCHED_FIFO` 50, with the Ticker's typed error if refused.
+    fn new(period_ns: u64, rt: bool, backend: Backend, wakeup: Wakeup) -> io::Result<Self> {
         if rt {
-            set_fifo(50)?;
+            kevent_timer::set_realtime(50).map_err(io::Error::other)?;
         }
-        let kq = kevent_core::Kqueue::builder(kevent_core::Backend::Auto)?
-            .storage(Box::new(kevent_timer::TimerStorage::new()))
+        let kq = kevent_core::Kqueue::builder(backend)?
+            .storage(Box::new(kevent_timer::TimerStorage::with_wakeup(wakeup)))
             .build()?;
         let start_ns = mono_ns();
         let ch = kevent_timer::storage::timer(
@@ -176,8 +262,12 @@ impl Source for KqueueSource {
     fn next(&mut self) -> io::Result<Wake> {
         let mut out = [kevent_core::Kevent::default(); 1];
         loop {
-            if self.kq.kevent(&[], &mut out, None)? == 1 {
-                break;
+            match self.kq.kevent(&[], &mut out, None) {
+                Ok(1) => break,
+                Ok(_) => {}
+                // SIGINT: the caller looks at STOP after the next tick.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
         let now_ns = mono_ns();
@@ -190,15 +280,6 @@ impl Source for KqueueSource {
             now_ns,
         })
     }
-}
-
-fn set_fifo(priority: i32) -> io::Result<()> {
-    let p = libc::sched_param {
-        sched_priority: priority,
-    };
-    // SAFETY: pid 0 is the calling thread; `p` is a valid sched_param.
-    cvt(unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) })?;
-    Ok(())
 }
 
 /// The loop most code writes: a relative periodic timerfd, read per tick.
@@ -237,10 +318,16 @@ impl TimerfdLoop {
 impl Source for TimerfdLoop {
     fn next(&mut self) -> io::Result<Wake> {
         let mut n = 0u64;
-        // SAFETY: 8 writable bytes.
-        let r = unsafe { libc::read(self.fd, (&mut n as *mut u64).cast(), 8) };
-        if r != 8 {
-            return Err(io::Error::last_os_error());
+        loop {
+            // SAFETY: 8 writable bytes.
+            let r = unsafe { libc::read(self.fd, (&mut n as *mut u64).cast(), 8) };
+            if r == 8 {
+                break;
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
         }
         let now_ns = mono_ns();
         let deadline_ns = self.start_ns + (self.seen + 1) * self.period_ns;
@@ -286,7 +373,11 @@ impl Source for EpollLoop {
         // SAFETY: valid epoll fd and one-element buffer.
         let r = unsafe { libc::epoll_wait(self.ep, &mut ev, 1, self.timeout_ms) };
         if r < 0 {
-            return Err(io::Error::last_os_error());
+            let e = io::Error::last_os_error();
+            // epoll_wait never restarts; a signal is one (short) wait.
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
         }
         let now_ns = mono_ns();
         let deadline_ns = self.prev_ns + self.timeout_ms as u64 * 1_000_000;
@@ -337,52 +428,61 @@ impl Report {
         }
     }
 
-    /// Runs `passes` passes on `src`, continuing its schedule.
-    fn run(&mut self, src: &mut dyn Source, passes: u32, rate: u32) -> io::Result<()> {
+    /// Runs passes on `src`, continuing its schedule, calling `each` with
+    /// every pass's figure as it ends; stops early (dropping the pass in
+    /// progress) once [`STOP`] is set.
+    fn run(
+        &mut self,
+        src: &mut dyn Source,
+        passes: u32,
+        rate: u32,
+        each: &mut dyn FnMut(f64),
+    ) -> io::Result<()> {
         let samples_per_tick = SAMPLES_PER_MS * 1000.0 / f64::from(rate);
         // Statistics of this run only: a gap between two runs (other
         // sources' passes) is not a gap of this source.
         let mut stats = TickStats::new(self.stats_period);
         let mut pass_start = mono_ns();
-        for _ in 0..passes {
+        'passes: for _ in 0..passes {
             let mut count = 0.0;
+            let mut pass = TickStats::new(self.stats_period);
             let now = loop {
                 let w = src.next()?;
-                stats.record(w.now_ns, w.deadline_ns, w.count, w.count, true);
+                if STOP.load(Ordering::Relaxed) {
+                    break 'passes;
+                }
+                pass.record(w.now_ns, w.deadline_ns, w.count, w.count, true);
                 count += samples_per_tick * w.count as f64;
                 if count >= PASS_SAMPLES {
                     break w.now_ns;
                 }
             };
             let ms = (now - pass_start) as f64 / NS_PER_SAMPLE;
-            self.passes.push(accuracy(count, ms));
+            let figure = accuracy(count, ms);
+            self.passes.push(figure);
             self.total_count += count;
             self.total_time += ms;
+            stats.merge(&pass);
             pass_start = now;
+            each(figure);
         }
         self.stats.merge(&stats);
         Ok(())
     }
 
-    fn best(&self) -> f64 {
-        self.passes.iter().copied().fold(0.0, f64::max)
+    // `None` before the first pass completed.
+    fn best(&self) -> Option<f64> {
+        self.passes.iter().copied().reduce(f64::max)
     }
-    fn worst(&self) -> f64 {
-        self.passes.iter().copied().fold(100.0, f64::min)
+    fn worst(&self) -> Option<f64> {
+        self.passes.iter().copied().reduce(f64::min)
     }
-    fn average(&self) -> f64 {
-        if self.passes.is_empty() {
-            100.0
-        } else {
-            self.passes.iter().sum::<f64>() / self.passes.len() as f64
-        }
+    fn average(&self) -> Option<f64> {
+        (!self.passes.is_empty())
+            .then(|| self.passes.iter().sum::<f64>() / self.passes.len() as f64)
     }
-    fn cumulative(&self) -> f64 {
-        if self.passes.is_empty() {
-            0.0
-        } else {
-            accuracy(self.total_count, self.total_time)
-        }
+    fn cumulative(&self) -> Option<f64> {
+        (!self.passes.is_empty()).then(|| accuracy(self.total_count, self.total_time))
     }
 
     fn json(&self) -> Value {
@@ -390,6 +490,7 @@ impl Report {
         json!({
             "source": self.name,
             "passes": self.passes,
+            "pass_count": self.passes.len(),
             "best": self.best(),
             "worst": self.worst(),
             "average": self.average(),
@@ -403,25 +504,17 @@ impl Report {
         })
     }
 
+    /// The summary after the passes (printed one by one as they ended).
     fn print(&self) {
-        for (i, p) in self.passes.iter().enumerate() {
-            if i > 0 && i % 8 == 0 {
-                println!();
-            }
-            print!("{p:.3}% ");
-        }
-        println!();
         println!("--- Results after {} passes ---", self.passes.len());
-        println!(
-            "Best: {:.3}% -- Worst: {:.3}% -- Average: {:.6}%",
-            self.best(),
-            self.worst(),
-            self.average()
-        );
-        println!(
-            "Cumulative Accuracy (not per pass): {:.3}",
-            self.cumulative()
-        );
+        if let (Some(b), Some(w), Some(a), Some(c)) =
+            (self.best(), self.worst(), self.average(), self.cumulative())
+        {
+            println!("Best: {b:.3}% -- Worst: {w:.3}% -- Average: {a:.6}%");
+            println!("Cumulative Accuracy (not per pass): {c:.3}");
+        } else {
+            println!("(no pass completed)");
+        }
         println!("{}", self.stats);
         if let Some(h) = &self.health {
             println!("{h}");
@@ -444,10 +537,12 @@ fn build_ticker(args: &Args) -> Result<Ticker, TickerError> {
 type Factory = Box<dyn Fn() -> io::Result<Box<dyn Source>> + Send>;
 
 /// A source on its own thread (so `--rt` stays on kevent's thread), run
-/// one pass at a time on request.
+/// one pass at a time on request; each pass's figure comes back (`None`
+/// if SIGINT ended it).
 struct Runner {
+    name: &'static str,
     go: mpsc::Sender<()>,
-    done: mpsc::Receiver<io::Result<()>>,
+    done: mpsc::Receiver<io::Result<Option<f64>>>,
     handle: thread::JoinHandle<Report>,
 }
 
@@ -459,7 +554,10 @@ fn spawn_runner(name: &'static str, period: Duration, rate: u32, make: Factory) 
         for () in go_rx {
             // A fresh start for every pass: passes of different sources
             // interleave, so a schedule cannot run on across them.
-            let r = make().and_then(|mut src| report.run(&mut *src, 1, rate));
+            let mut figure = None;
+            let r = make()
+                .and_then(|mut src| report.run(&mut *src, 1, rate, &mut |f| figure = Some(f)))
+                .map(|()| figure);
             if done_tx.send(r).is_err() {
                 break;
             }
@@ -467,17 +565,97 @@ fn spawn_runner(name: &'static str, period: Duration, rate: u32, make: Factory) 
         report
     });
     Runner {
+        name,
         go: go_tx,
         done: done_rx,
         handle,
     }
 }
 
+/// Runs the runners' passes interleaved (A B C A B C …), printing each
+/// round's figures as it ends (to stderr with `--json`), until the passes
+/// are done or SIGINT; returns their reports.
+fn run_interleaved(
+    runners: Vec<Runner>,
+    passes: u32,
+    json: bool,
+) -> Result<Vec<Report>, Box<dyn std::error::Error>> {
+    let mut out: Box<dyn Write> = if json {
+        Box::new(io::stderr())
+    } else {
+        Box::new(io::stdout())
+    };
+    write!(out, "{:<6}", "pass")?;
+    for r in &runners {
+        write!(out, "{:>14}", r.name)?;
+    }
+    writeln!(out)?;
+    'rounds: for pass in 1..=passes {
+        write!(out, "{pass:<6}")?;
+        out.flush()?;
+        for r in &runners {
+            r.go.send(())?;
+            match r.done.recv()?? {
+                Some(f) => write!(out, "{:>13.3}%", f)?,
+                None => break 'rounds,
+            }
+            out.flush()?;
+        }
+        writeln!(out)?;
+    }
+    if STOP.load(Ordering::Relaxed) {
+        writeln!(
+            out,
+            "\n(interrupted: summary of the passes each source completed)"
+        )?;
+    }
+    let mut reports = Vec::new();
+    for r in runners {
+        drop(r.go);
+        reports.push(r.handle.join().map_err(|_| "runner panicked")?);
+    }
+    Ok(reports)
+}
+
 fn main() {
     let args = Args::parse();
-    if let Err(e) = run(&args) {
+    if let Err(e) = install_sigint()
+        .map_err(Into::into)
+        .and_then(|()| run(&args))
+    {
         eprintln!("ticktest: {e}");
         std::process::exit(1);
+    }
+}
+
+/// Prints pass figures 8 to a line as they come, dahdi_test style.
+fn pass_printer(json: bool) -> impl FnMut(f64) {
+    let mut n = 0;
+    move |p| {
+        if json {
+            eprint!("{p:.3}% ");
+        } else {
+            print!("{p:.3}% ");
+        }
+        n += 1;
+        if n % 8 == 0 {
+            if json {
+                eprintln!();
+            } else {
+                println!();
+            }
+        }
+        let _ = io::stdout().flush();
+    }
+}
+
+fn kqueue_name(backend: Backend, wakeup: Wakeup) -> &'static str {
+    match (backend, wakeup) {
+        (Backend::Epoll, Wakeup::QueueTimeout) => "ep/pwait2",
+        (Backend::Epoll, _) => "ep/timerfd",
+        (_, Wakeup::QueueTimeout) => "ur/ext_arg",
+        (_, Wakeup::UringTimeout) => "ur/abs_op",
+        _ => "ur/timerfd",
     }
 }
 
@@ -491,15 +669,46 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     drop(probe);
     let period_ns = period.as_nanos() as u64;
     let rate = args.rate;
+    if args.rt {
+        // Refused real-time priority is the same typed error for every
+        // source: ask once, on a throw-away thread, before anything runs.
+        thread::spawn(|| kevent_timer::set_realtime(50))
+            .join()
+            .map_err(|_| "probe thread panicked")??;
+    }
+    let mut printer = pass_printer(args.json);
+    if !args.json && !args.compare && !args.compare_wakeups {
+        println!("Opened kevent 1 kHz tick source, measuring accuracy...");
+    }
 
-    let reports: Vec<Report> = if !args.compare && args.via == Via::Kqueue {
-        let mut src = KqueueSource::new(period_ns, args.rt)?;
+    let reports: Vec<Report> = if args.compare_wakeups {
+        let mut runners = Vec::new();
+        for (b, w) in [
+            (Backend::Epoll, Wakeup::Timerfd),
+            (Backend::Epoll, Wakeup::QueueTimeout),
+            (Backend::IoUring, Wakeup::Timerfd),
+            (Backend::IoUring, Wakeup::QueueTimeout),
+            (Backend::IoUring, Wakeup::UringTimeout),
+        ] {
+            let rt = args.rt;
+            let make: Factory = Box::new(move || {
+                let mut src = KqueueSource::new(period_ns, rt, b, w)?;
+                src.next()?;
+                Ok(Box::new(src) as Box<dyn Source>)
+            });
+            runners.push(spawn_runner(kqueue_name(b, w), period, rate, make));
+        }
+        run_interleaved(runners, args.seconds, args.json)?
+    } else if !args.compare && args.via == Via::Kqueue {
+        let mut src =
+            KqueueSource::new(period_ns, args.rt, args.backend.into(), args.wakeup.into())?;
         src.next()?;
         let mut report = Report::new("kqueue", period);
-        report.run(&mut src, args.seconds, rate)?;
+        report.run(&mut src, args.seconds, rate, &mut printer)?;
         report.health = Some(format!(
-            "source: EVFILT_TIMER in a kevent queue ({:?} backend){}",
+            "source: EVFILT_TIMER in a kevent queue ({:?} backend, {:?} wake-up){}",
             src.kq.backend(),
+            Wakeup::from(args.wakeup),
             if args.rt { ", SCHED_FIFO 50" } else { "" }
         ));
         vec![report]
@@ -511,7 +720,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         ticker.reset_stats();
         let mut report = Report::new("kevent", period);
         let mut src = KeventSource(ticker);
-        report.run(&mut src, args.seconds, rate)?;
+        report.run(&mut src, args.seconds, rate, &mut printer)?;
         let h = src.0.health();
         // Clock and thread lines; the statistics are printed from `report`.
         report.health = Some(h.to_string().lines().take(2).collect::<Vec<_>>().join("\n"));
@@ -528,29 +737,19 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             Box::new(move || Ok(Box::new(TimerfdLoop::new(period_ns)?) as Box<dyn Source>));
         let epoll: Factory =
             Box::new(move || Ok(Box::new(EpollLoop::new(period_ns)?) as Box<dyn Source>));
-        let rt = args.rt;
+        let (rt, backend, wakeup) = (args.rt, args.backend.into(), args.wakeup.into());
         let kqueue: Factory = Box::new(move || {
-            let mut src = KqueueSource::new(period_ns, rt)?;
+            let mut src = KqueueSource::new(period_ns, rt, backend, wakeup)?;
             src.next()?;
             Ok(Box::new(src) as Box<dyn Source>)
         });
-        let runners = [
+        let runners = vec![
             spawn_runner("kevent", period, rate, kevent),
             spawn_runner("kqueue", period, rate, kqueue),
             spawn_runner("timerfd", period, rate, timerfd),
             spawn_runner("epoll_wait", period, rate, epoll),
         ];
-        for _ in 0..args.seconds {
-            for r in &runners {
-                r.go.send(())?;
-                r.done.recv()??;
-            }
-        }
-        let mut reports = Vec::new();
-        for r in runners {
-            drop(r.go);
-            reports.push(r.handle.join().map_err(|_| "runner panicked")?);
-        }
+        let mut reports = run_interleaved(runners, args.seconds, args.json)?;
         // Health of kevent's ticker as configured (clock facts).
         let mut t = build_ticker(&Args {
             rt: false,
@@ -561,21 +760,34 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         let h = t.health();
         reports[0].health = Some(format!(
-            "clock: resolution {:?}, measured tick {:?}{}",
+            "clock: resolution {:?}, measured tick {}{}",
             h.resolution,
-            h.measured_period,
+            h.measured_period
+                .map_or("-".to_string(), |m| format!("{m:?}")),
             if h.clamped { " CLAMPED" } else { "" }
         ));
         reports[0].health_json = health_json(&h);
         reports
     };
+    if !args.compare && !args.compare_wakeups {
+        let note = if STOP.load(Ordering::Relaxed) {
+            "\n(interrupted)"
+        } else {
+            ""
+        };
+        if args.json {
+            eprintln!("{note}");
+        } else {
+            println!("{note}");
+        }
+    }
 
     if let Some(path) = &args.plot {
         plot(path, &reports)?;
     }
     if args.json {
         let mut main = reports[0].json();
-        if args.compare {
+        if args.compare || args.compare_wakeups {
             let peers: serde_json::Map<String, Value> = reports[1..]
                 .iter()
                 .map(|r| (r.name.to_string(), r.json()))
@@ -583,11 +795,15 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             main["compare"] = Value::Object(peers);
         }
         println!("{}", serde_json::to_string_pretty(&main)?);
-    } else if args.compare {
+    } else if args.compare || args.compare_wakeups {
         print_compare(&reports);
     } else {
-        println!("Opened kevent 1 kHz tick source, measuring accuracy...");
         reports[0].print();
+    }
+    if let Some(path) = &args.plot {
+        if !args.json {
+            println!("plot: {}", path.display());
+        }
     }
     Ok(())
 }
@@ -618,11 +834,13 @@ fn print_compare(reports: &[Report]) {
         }
         println!();
     };
+    let pct =
+        |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
     row("passes", &|r| r.passes.len().to_string());
-    row("best %", &|r| format!("{:.3}", r.best()));
-    row("worst %", &|r| format!("{:.3}", r.worst()));
-    row("average %", &|r| format!("{:.4}", r.average()));
-    row("cumulative %", &|r| format!("{:.4}", r.cumulative()));
+    row("best %", &|r| pct(r.best(), 3));
+    row("worst %", &|r| pct(r.worst(), 3));
+    row("average %", &|r| pct(r.average(), 4));
+    row("cumulative %", &|r| pct(r.cumulative(), 4));
     row("ticks", &|r| r.stats.ticks().to_string());
     row("missed", &|r| r.stats.missed().to_string());
     row("lateness p50 µs", &|r| {
@@ -643,7 +861,9 @@ fn print_compare(reports: &[Report]) {
     if let Some(h) = &reports[0].health {
         println!("{h}");
     }
-    println!("(epoll_wait: lateness is against its own previous wake + 1 ms; its drift shows in the accuracy)");
+    if reports.iter().any(|r| r.name == "epoll_wait") {
+        println!("(epoll_wait: lateness is against its own previous wake + 1 ms; its drift shows in the accuracy)");
+    }
 }
 
 fn plot(path: &std::path::Path, reports: &[Report]) -> Result<(), Box<dyn std::error::Error>> {

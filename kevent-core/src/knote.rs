@@ -99,6 +99,12 @@ impl Knote {
     pub fn sdata(&self) -> i64 {
         self.sdata
     }
+    /// Replace the subscribed `data` (a storage's `modify` storing a new
+    /// period, as FreeBSD's `f_touch` sets `kn_sdata`).
+    #[inline]
+    pub fn set_sdata(&mut self, v: i64) {
+        self.sdata = v
+    }
     /// The user's opaque data.
     #[inline]
     pub fn udata(&self) -> u64 {

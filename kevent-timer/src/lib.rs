@@ -29,8 +29,8 @@ mod sys;
 pub mod ticker;
 pub mod wheel;
 
-pub use policy::MissedTickPolicy;
+pub use policy::{MissedTickPolicy, DEFAULT_CATCHUP_CAP};
 pub use stats::TickStats;
-pub use storage::TimerStorage;
-pub use ticker::{Health, Tick, Ticker, TickerBuilder, TickerError, WaitMethod};
+pub use storage::{TimerStorage, Wakeup};
+pub use ticker::{set_realtime, Health, Tick, Ticker, TickerBuilder, TickerError, WaitMethod};
 pub use wheel::{Key, TickClock, Wheel};

@@ -23,8 +23,13 @@ use std::fmt;
 /// (the libvirt `tickpolicy` discussion in the virtualisation seed):
 /// deliver at the normal rate without catching up, catch up at a higher
 /// rate, merge into one tick, discard. The seed's warning applies to
-/// [`Catchup`](Self::Catchup): delivering a backlog as fast as possible can
-/// swamp the consumer, so choose it only where every tick must be seen.
+/// [`Catchup`](Self::Catchup): a naive catch-up lets a long stall turn into
+/// a storm of back-to-back events ("a naive implementation of the policy
+/// leads to a guest DOS of the host"), and the fix it names is to merge
+/// the ticks beyond a threshold. So catch-up is bounded: at most a *cap*
+/// of events ([`DEFAULT_CATCHUP_CAP`] unless chosen) stand for one
+/// backlog, and the oldest ticks beyond it are merged into the first of
+/// them ([`catchup_step`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum MissedTickPolicy {
@@ -35,7 +40,10 @@ pub enum MissedTickPolicy {
     Merge,
     /// Each missed tick is delivered as its own event (`data` = 1), back to
     /// back, as fast as the consumer takes them, until the schedule is back
-    /// on its grid ("deliver at higher rate to catch up").
+    /// on its grid ("deliver at higher rate to catch up") — up to a cap of
+    /// events per backlog ([`DEFAULT_CATCHUP_CAP`] by default); a backlog
+    /// longer than the cap has its oldest ticks merged into the first
+    /// event's `data`, so `data` still adds up to every tick.
     Catchup,
     /// Missed ticks are dropped: one event (`data` = 1) now, and the next
     /// tick on the original grid ("discard all missed ticks").
@@ -45,6 +53,12 @@ pub enum MissedTickPolicy {
     /// catch-up"); the grid shifts by the lateness.
     Delay,
 }
+
+/// The default bound on a [`MissedTickPolicy::Catchup`] backlog: at most
+/// this many events stand for the ticks due at one delivery (a tenth of a
+/// second of ticks at 1 kHz); older ticks beyond it are merged into the
+/// first event's `data`.
+pub const DEFAULT_CATCHUP_CAP: u64 = 100;
 
 /// A periodic schedule: deadline `n` is `start + n·period`, and `next` is the
 /// index of the first deadline not yet delivered.
@@ -213,6 +227,41 @@ pub fn step(policy: MissedTickPolicy, schedule: Schedule, now: u64) -> Option<St
     })
 }
 
+/// [`MissedTickPolicy::Catchup`] bounded by `cap` events per backlog: with
+/// `k` ticks due at `now`, a delivery stands for one tick while `k <= cap`
+/// (as [`step`]), and for the `k - cap + 1` oldest ones once `k > cap`, so
+/// that `cap - 1` single-tick deliveries follow and `data` still adds up
+/// to every tick. `cap` 0 is taken as 1 (everything merged, as `Merge`).
+/// `None` if nothing is due.
+///
+/// ```
+/// use kevent_timer::policy::{catchup_step, Schedule};
+///
+/// // 10 ticks due, at most 4 events: 7 merged into the first, then 1, 1, 1.
+/// let mut s = Schedule::new(0, 10)?;
+/// let mut data = Vec::new();
+/// while let Some(st) = catchup_step(s, 105, 4) {
+///     data.push(st.data);
+///     s = st.schedule;
+/// }
+/// assert_eq!(data, [7, 1, 1, 1]);
+/// assert_eq!(s.next_deadline(), 110);
+/// # Ok::<(), kevent_timer::policy::ZeroPeriod>(())
+/// ```
+#[must_use]
+pub fn catchup_step(schedule: Schedule, now: u64, cap: u64) -> Option<Step> {
+    let mut st = step(MissedTickPolicy::Catchup, schedule, now)?;
+    let cap = cap.max(1);
+    if st.expired > cap {
+        st.data = st.expired - cap + 1;
+        st.schedule = Schedule {
+            next: schedule.next.saturating_add(st.data),
+            ..schedule
+        };
+    }
+    Some(st)
+}
+
 #[cfg(test)]
 mod tests {
     use super::MissedTickPolicy::*;
@@ -326,6 +375,32 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn catchup_cap_merges_the_oldest_ticks_beyond_it() {
+        for cap in 0..8u64 {
+            for due in 0..20u64 {
+                let mut s = sched(0, 10, 1);
+                let now = due * 10 + 5;
+                let (mut events, mut ticks) = (0u64, 0u64);
+                let mut first = None;
+                while let Some(st) = catchup_step(s, now, cap) {
+                    assert!(st.deadline <= now, "early");
+                    assert_eq!(st.consumed(&s), st.data);
+                    first.get_or_insert(st.data);
+                    events += 1;
+                    ticks += st.data;
+                    s = st.schedule;
+                }
+                assert_eq!(ticks, due, "cap {cap} due {due}: every tick counted");
+                assert_eq!(events, due.min(cap.max(1)), "cap {cap} due {due}");
+                if due > cap.max(1) {
+                    assert_eq!(first, Some(due - cap.max(1) + 1));
+                }
+                assert_eq!(s.next_deadline(), now + 5, "back on the grid");
             }
         }
     }

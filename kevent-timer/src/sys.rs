@@ -54,6 +54,24 @@ pub(crate) fn set_timer_slack(ns: u64) -> io::Result<()> {
     Ok(())
 }
 
+thread_local! {
+    /// Whether [`min_timer_slack_once`] already ran on this thread.
+    static SLACK_SET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Sets the calling thread's timer slack to 1 ns, once per thread: later
+/// calls cost a thread-local read, no syscall. A failure is logged once
+/// per thread and not retried (the thread keeps its slack).
+pub(crate) fn min_timer_slack_once() {
+    SLACK_SET.with(|done| {
+        if !done.replace(true) {
+            if let Err(e) = set_timer_slack(1) {
+                log::warn!("kevent-timer: cannot set this thread's timer slack: {e}");
+            }
+        }
+    });
+}
+
 /// `prctl(PR_GET_TIMERSLACK)` for the calling thread, in ns.
 pub(crate) fn timer_slack() -> io::Result<u64> {
     // SAFETY: PR_GET_TIMERSLACK takes no pointer arguments.
@@ -168,15 +186,6 @@ impl Timerfd {
         self.fd.as_raw_fd()
     }
 
-    /// Reads the expiration count of a non-blocking timerfd: `Ok(0)` if it
-    /// has not expired since the last read.
-    pub(crate) fn try_read(&self) -> io::Result<u64> {
-        match self.wait() {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
-            r => r,
-        }
-    }
-
     /// Blocks until the timer has expired at least once; returns the number
     /// of expirations since the last read. Restarts on EINTR.
     pub(crate) fn wait(&self) -> io::Result<u64> {
@@ -224,6 +233,25 @@ mod tests {
         std::thread::spawn(|| {
             set_timer_slack(1).unwrap();
             assert_eq!(timer_slack().unwrap(), 1);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn min_timer_slack_once_sets_it_once_per_thread() {
+        std::thread::spawn(|| {
+            assert_ne!(
+                timer_slack().unwrap(),
+                1,
+                "a new thread starts with the default"
+            );
+            min_timer_slack_once();
+            assert_eq!(timer_slack().unwrap(), 1);
+            // Once only: a slack changed since is left alone.
+            set_timer_slack(50_000).unwrap();
+            min_timer_slack_once();
+            assert_eq!(timer_slack().unwrap(), 50_000);
         })
         .join()
         .unwrap();

@@ -48,7 +48,7 @@ use std::io;
 use std::thread::{self, ThreadId};
 use std::time::Duration;
 
-use crate::policy::{step, MissedTickPolicy, Schedule};
+use crate::policy::{catchup_step, step, MissedTickPolicy, Schedule, DEFAULT_CATCHUP_CAP};
 use crate::stats::{Lateness, TickStats};
 use crate::sys;
 
@@ -160,6 +160,7 @@ pub struct TickerBuilder {
     method: WaitMethod,
     realtime: Option<i32>,
     spin: Duration,
+    catchup_cap: u64,
 }
 
 impl TickerBuilder {
@@ -182,6 +183,15 @@ impl TickerBuilder {
     /// What to do with late ticks (default [`MissedTickPolicy::Merge`]).
     pub fn policy(mut self, policy: MissedTickPolicy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// Under [`MissedTickPolicy::Catchup`], the most deliveries that stand
+    /// for one backlog (default [`DEFAULT_CATCHUP_CAP`]; 0 is taken as 1):
+    /// the oldest ticks beyond it are merged into one delivery's `count`
+    /// ([`catchup_step`]).
+    pub fn catchup_cap(mut self, cap: u64) -> Self {
+        self.catchup_cap = cap;
         self
     }
 
@@ -250,6 +260,7 @@ impl TickerBuilder {
             started: false,
             behind: false,
             policy: self.policy,
+            catchup_cap: self.catchup_cap,
             method: self.method,
             realtime: self.realtime,
             spin_ns,
@@ -293,6 +304,7 @@ pub struct Ticker {
     /// After the last delivery the next deadline was already due (catch-up).
     behind: bool,
     policy: MissedTickPolicy,
+    catchup_cap: u64,
     method: WaitMethod,
     realtime: Option<i32>,
     spin_ns: u64,
@@ -312,6 +324,7 @@ impl Ticker {
             method: WaitMethod::default(),
             realtime: None,
             spin: Duration::ZERO,
+            catchup_cap: DEFAULT_CATCHUP_CAP,
         }
     }
 
@@ -352,7 +365,11 @@ impl Ticker {
         let continuation = self.behind && self.policy == MissedTickPolicy::Catchup;
         loop {
             let now = sys::monotonic_ns();
-            if let Some(st) = step(self.policy, self.schedule, now) {
+            let st = match self.policy {
+                MissedTickPolicy::Catchup => catchup_step(self.schedule, now, self.catchup_cap),
+                p => step(p, self.schedule, now),
+            };
+            if let Some(st) = st {
                 let consumed = st.consumed(&self.schedule);
                 self.stats
                     .record(now, st.deadline, st.expired, consumed, !continuation);
@@ -427,14 +444,32 @@ impl Ticker {
         sys::set_timer_slack(1)?;
         self.slack_ns = sys::timer_slack().ok();
         if let Some(priority) = self.realtime {
-            sys::set_fifo(priority).map_err(|e| match e.raw_os_error() {
-                Some(libc::EPERM) | Some(libc::EACCES) => TickerError::RealtimeNotPermitted(e),
-                _ => TickerError::Io(e),
-            })?;
+            set_realtime(priority)?;
         }
         self.thread = Some(me);
         Ok(())
     }
+}
+
+/// Puts the calling thread under `SCHED_FIFO` at `priority`, with the
+/// errors a [`Ticker`] gives: for a thread that waits on a kevent queue's
+/// `Filter::Timer` rather than on a `Ticker`.
+///
+/// # Errors
+///
+/// [`TickerError::BadPriority`] outside the kernel's range,
+/// [`TickerError::RealtimeNotPermitted`] if the thread may not have it
+/// (`EPERM`: no `CAP_SYS_NICE`, `RLIMIT_RTPRIO` too low, no RT bandwidth
+/// in the cgroup), [`TickerError::Io`] otherwise.
+pub fn set_realtime(priority: i32) -> Result<(), TickerError> {
+    let (min, max) = sys::fifo_priority_range();
+    if !(min..=max).contains(&priority) {
+        return Err(TickerError::BadPriority { priority, min, max });
+    }
+    sys::set_fifo(priority).map_err(|e| match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => TickerError::RealtimeNotPermitted(e),
+        _ => TickerError::Io(e),
+    })
 }
 
 /// A tick source's health report ([`Ticker::health`]).
@@ -620,6 +655,28 @@ mod tests {
             Err(TickerError::RealtimeNotPermitted(_)) => {}
             Err(e) => panic!("unexpected error {e}"),
         }
+    }
+
+    #[test]
+    fn catchup_cap_merges_a_long_backlog() {
+        let mut t = Ticker::builder()
+            .rate_hz(1000)
+            .policy(MissedTickPolicy::Catchup)
+            .catchup_cap(5)
+            .build()
+            .unwrap();
+        t.tick().unwrap();
+        thread::sleep(Duration::from_millis(20));
+        let head = t.tick().unwrap();
+        assert!(head.expired >= 20, "{head:?}");
+        assert_eq!(head.count, head.expired - 4, "oldest merged: {head:?}");
+        for _ in 0..4 {
+            let next = t.tick().unwrap();
+            assert!(next.now_ns >= next.deadline_ns);
+            // Singles (or, if more fell due meanwhile, merged again).
+            assert!(next.count >= 1, "{next:?}");
+        }
+        assert!(set_realtime(1000).is_err());
     }
 
     #[test]

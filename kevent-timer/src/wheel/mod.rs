@@ -248,6 +248,30 @@ impl<T> Wheel<T> {
         self.next_slot().map(|(_, _, start)| start)
     }
 
+    /// The timers of the slot [`next_expiration`](Self::next_expiration)
+    /// refers to, as `(tick, value)`: the due timers not yet handed out if
+    /// there are any, else every timer of the next slot to process. The
+    /// earliest timer of the wheel is always among them (a lower level's
+    /// timers are all due before a higher level's, and a level's slots in
+    /// order), so a caller that keeps a finer deadline per value finds the
+    /// wheel's earliest exact deadline by looking at these alone, without
+    /// waking at the slot's start first. Empty iff the wheel is.
+    ///
+    /// O(1) to start; the iteration visits one slot's timers (at level 0
+    /// all due at the same tick; at a higher level the ones the next
+    /// cascade moves).
+    pub fn peek_next(&self) -> Peek<'_, T> {
+        let index = if self.fired_head != NIL {
+            self.fired_head
+        } else {
+            match self.next_slot() {
+                Some((level, slot, _)) => self.levels[level].head[slot],
+                None => NIL,
+            }
+        };
+        Peek { wheel: self, index }
+    }
+
     /// Hands out the next timer due at or before `now`, in deadline order,
     /// or `None` when none is left (the wheel's time then becomes `now`).
     ///
@@ -413,6 +437,32 @@ impl<T> Wheel<T> {
                 self.level_mask &= !(1u16 << level);
             }
         }
+    }
+}
+
+/// Iterator over the timers of the wheel's next slot
+/// ([`Wheel::peek_next`]).
+pub struct Peek<'a, T> {
+    wheel: &'a Wheel<T>,
+    index: u32,
+}
+
+impl<T> fmt::Debug for Peek<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Peek").field("index", &self.index).finish()
+    }
+}
+
+impl<'a, T> Iterator for Peek<'a, T> {
+    type Item = (u64, &'a T);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.index == NIL {
+            return None;
+        }
+        let e = &self.wheel.slab[self.index as usize];
+        self.index = e.next;
+        Some((e.when, &e.value))
     }
 }
 

@@ -73,6 +73,17 @@ impl Checked {
                 "next_expiration {next} after earliest deadline {first}"
             );
         }
+        // The next slot holds the earliest timer, and nothing before it.
+        if let Some((&(first, seq), _)) = self.model.first_key_value() {
+            let peeked: Vec<(u64, u64)> = self.wheel.peek_next().map(|(w, &v)| (w, v)).collect();
+            assert!(
+                peeked.contains(&(first, seq)),
+                "peek misses the earliest {first}"
+            );
+            assert!(peeked.iter().all(|&(w, _)| w >= first));
+        } else {
+            assert_eq!(self.wheel.peek_next().count(), 0);
+        }
         let mut n = 0;
         while let Some(e) = self.wheel.pop_expired(now) {
             let ((when, seq), key) = self

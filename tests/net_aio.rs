@@ -901,3 +901,37 @@ backend_test!(bad_input_is_an_error_never_a_panic, |b| {
     }
     assert_eq!(aio.in_flight(), 0);
 });
+
+backend_test!(stale_op_id_never_takes_another_ops_results, |b| {
+    let (kq, aio) = queue(b);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let old = aio.accept_multi(&kq, l.as_raw_fd(), 1).unwrap();
+    assert!(aio.cancel(&kq, old).unwrap());
+    let (got, _) = drain_multi(&kq, &aio, old, false, |_| false);
+    assert!(got.last().unwrap().last);
+    assert_eq!(aio.in_flight(), 0);
+    // The next op reuses the freed slot under a new id.
+    let new = aio.accept_multi(&kq, l.as_raw_fd(), 2).unwrap();
+    assert_ne!(new, old);
+    let _c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let e = {
+        let mut out = [Kevent::default(); 4];
+        let n = kq
+            .kevent(&[], &mut out, Some(Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(n, 1);
+        out[0]
+    };
+    assert_eq!((e.ident, e.udata, e.data), (new, 2, 1));
+    assert!(aio.next_result(old).is_none(), "the stale id took a result");
+    assert!(aio.take_buffer(old).is_none());
+    assert!(!aio.cancel(&kq, old).unwrap());
+    let r = aio.next_result(new).expect("the new op's result");
+    assert!(r.result >= 0 && !r.last);
+    // SAFETY: a fresh fd handed to us.
+    drop(unsafe { OwnedFd::from_raw_fd(r.result as i32) });
+    assert!(aio.cancel(&kq, new).unwrap());
+    drain_multi(&kq, &aio, new, false, |_| false);
+    assert_eq!(aio.in_flight(), 0);
+});

@@ -45,9 +45,12 @@
 //! **Multishot** ([`Aio::accept_multi`], [`Aio::recv_pooled`]): one
 //! operation that goes on producing results — every accepted connection,
 //! every chunk received — until it ends (cancel, end of file, an error).
-//! Its knote is level-triggered: an event (`ident` = the operation id)
-//! says results are queued, `data` = how many; take them in order with
-//! [`Aio::next_result`] until it returns `None`. The operation's last
+//! Its knote is `EV_CLEAR` (as FreeBSD's timers): an event (`ident` = the
+//! operation id) says new results are queued, `data` = how many; take
+//! them in order with [`Aio::next_result`] until it returns `None` — the
+//! next event comes with the next new result. (`CLEAR` rather than level
+//! keeps a steady loop at one blocking `io_uring_enter` per wait: a level
+//! knote requeued after delivery turns the next wait into a peek.) The operation's last
 //! result (`0` at end of file, `-ECANCELED`, `-errno`) has
 //! [`Completion::last`] set, and its event carries `EV_EOF`; the
 //! operation is then gone once its results are taken. A pooled receive
@@ -334,7 +337,11 @@ impl Table {
             res_free,
             ..
         } = self;
-        let Some(Some(op)) = slots.get_mut(key) else {
+        let gen = (id >> 32) as u32;
+        let Some(Some(op)) = slots
+            .get_mut(key)
+            .filter(|o| o.as_ref().is_some_and(|o| o.gen == gen))
+        else {
             return;
         };
         let entry = Res {
@@ -370,7 +377,8 @@ impl Table {
             res_free,
             ..
         } = self;
-        let op = slots.get_mut(key)?.as_mut()?;
+        let gen = (id >> 32) as u32;
+        let op = slots.get_mut(key)?.as_mut().filter(|o| o.gen == gen)?;
         if op.q.head == NIL {
             return None;
         }
@@ -612,9 +620,9 @@ impl Aio {
             starved: false,
             watching: false,
         });
-        // Multishot knotes are level: reported while results are queued.
+        // Multishot knotes are CLEAR: reported when new results arrive.
         let flags = if multi {
-            Flags::ADD
+            Flags::ADD | Flags::CLEAR
         } else {
             Flags::ADD | Flags::ONESHOT
         };
@@ -1570,8 +1578,8 @@ impl Storage for AioStorage {
     /// Report a single-shot op only once it is final: the queue re-checks
     /// a knote after every change (a cancel request is one), and an op
     /// still in flight has nothing to report. A multishot op reports how
-    /// many results are queued, with `EOF` (and `ONESHOT`, so its knote
-    /// goes) once its last result is among them.
+    /// many results are queued (none: not reported), with `EOF` (and
+    /// `ONESHOT`, so its knote goes) once its last result is among them.
     fn event(&mut self, cx: &mut Context<'_>, kn: KnoteId, out: &mut Kevent) -> bool {
         *out = cx.knote(kn).to_event();
         let mut t = lock(&self.shared.table);

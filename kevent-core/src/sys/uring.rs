@@ -69,6 +69,10 @@ use std::time::Duration;
 
 const EVENTS: usize = 256;
 const ENTRIES: u32 = 32;
+/// Completion queue size: multishot storage ops (network AIO on many
+/// connections) post several CQEs per op between waits; past the CQ the
+/// kernel allocates overflow entries (and may end multishot requests).
+const CQ_ENTRIES: u32 = 1024;
 
 /// `user_data` of the ring's requests.
 const UD_EPR: u64 = 0;
@@ -146,6 +150,7 @@ impl Uring {
     pub(crate) fn new() -> io::Result<Uring> {
         let ring = IoUring::builder()
             .setup_clamp()
+            .setup_cqsize(CQ_ENTRIES)
             .build(ENTRIES)
             .map_err(|e| annotate(e, "io_uring_setup"))?;
         let mut probe = Probe::new();

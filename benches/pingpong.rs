@@ -1,11 +1,13 @@
 //! TCP loopback ping-pong of 64-byte messages, one round trip per
 //! iteration: (a) both ends in one event loop, (b) one thread per side.
-//! Peers in one group so the report reads as a ratio: kevent on io_uring,
-//! kevent on epoll, kevent network AIO (`Filter::Aio` recv/send ops, a
-//! recv always in flight per end) on io_uring and on epoll, raw mio,
-//! tokio current-thread. kevent's READ knotes use
-//! `note::NODATA` (the loops read until `EAGAIN`, as mio's do, so the
-//! `FIONREAD` for `data` would be a syscall the peers do not make).
+//! Peers in one group so the report reads as a ratio (see [`variants`]):
+//! kevent readiness (`kevent-ready-*`) and kevent network AIO
+//! (`kevent-aio-*`: `Filter::Aio` completions, a pooled multishot recv
+//! per end and a send op per message) on io_uring and on epoll, raw mio,
+//! a bare io_uring ring (`raw-uring-*`, the completion path's ceiling),
+//! tokio current-thread. kevent's READ knotes use `note::NODATA` (the
+//! loops read until `EAGAIN`, as mio's do, so the `FIONREAD` for `data`
+//! would be a syscall the peers do not make).
 //!
 //! ```text
 //! cargo bench --bench pingpong -- --warm-up-time 1 --measurement-time 3
@@ -13,7 +15,9 @@
 //!
 //! After criterion, a summary runs every variant interleaved and prints
 //! medians of wall and process CPU time per round trip with ratios to mio
-//! (`PINGPONG_SUMMARY=0` skips it).
+//! (`PINGPONG_SUMMARY=0` skips it; `cargo bench --bench pingpong --
+//! zzznomatch` runs only the summary; `PINGPONG_ONLY=aio,/mio`,
+//! `PINGPONG_ITERS`, `PINGPONG_ROUNDS` narrow it).
 
 use criterion::{criterion_group, Criterion};
 use kevent::kevent_net::aio::Aio;
@@ -561,45 +565,88 @@ fn tokio_two_threads(iters: u64) -> Duration {
     t
 }
 
-fn pingpong(cr: &mut Criterion) {
+type Run = Box<dyn Fn(u64) -> Duration>;
+
+/// Every variant, in report order: `mode/peer` names. `kevent-ready-*`
+/// is readiness (CLEAR READ knotes, the loop reads and writes itself, as
+/// mio does); `kevent-aio-*` is network AIO (completions: a pooled
+/// multishot recv per end and a send op per message); `raw-uring-*` is a
+/// bare io_uring ring doing what the AIO variant does (multishot recv from
+/// a buffer ring, a SEND per message) with no queue around it — the
+/// completion path's ceiling here: plain setup (what a ring shared by
+/// several threads can use, as kevent's), `COOP_TASKRUN`, and
+/// `SINGLE_ISSUER | DEFER_TASKRUN` (one thread only).
+fn variants() -> Vec<(&'static str, Run)> {
     let uring = Kqueue::with_backend(Backend::IoUring).is_ok();
+    let mut v: Vec<(&'static str, Run)> = Vec::new();
+    if uring {
+        v.push((
+            "one_loop/kevent-ready-uring",
+            Box::new(|n| kevent_one_loop(Backend::IoUring, n)),
+        ));
+        v.push((
+            "one_loop/kevent-aio-uring",
+            Box::new(|n| aio_one_loop(Backend::IoUring, n)),
+        ));
+    }
+    v.push((
+        "one_loop/kevent-ready-epoll",
+        Box::new(|n| kevent_one_loop(Backend::Epoll, n)),
+    ));
+    v.push((
+        "one_loop/kevent-aio-epoll",
+        Box::new(|n| aio_one_loop(Backend::Epoll, n)),
+    ));
+    v.push(("one_loop/mio", Box::new(mio_one_loop)));
+    if uring {
+        v.push((
+            "one_loop/raw-uring-plain",
+            Box::new(|n| raw_uring_one_loop(n, 0)),
+        ));
+        v.push((
+            "one_loop/raw-uring-coop",
+            Box::new(|n| raw_uring_one_loop(n, 1)),
+        ));
+        v.push((
+            "one_loop/raw-uring-defer",
+            Box::new(|n| raw_uring_one_loop(n, 2)),
+        ));
+    }
+    v.push(("one_loop/tokio", Box::new(tokio_one_loop)));
+    if uring {
+        v.push((
+            "two_threads/kevent-ready-uring",
+            Box::new(|n| kevent_two_threads(Backend::IoUring, n)),
+        ));
+        v.push((
+            "two_threads/kevent-aio-uring",
+            Box::new(|n| aio_two_threads(Backend::IoUring, n)),
+        ));
+    }
+    v.push((
+        "two_threads/kevent-ready-epoll",
+        Box::new(|n| kevent_two_threads(Backend::Epoll, n)),
+    ));
+    v.push((
+        "two_threads/kevent-aio-epoll",
+        Box::new(|n| aio_two_threads(Backend::Epoll, n)),
+    ));
+    v.push(("two_threads/mio", Box::new(mio_two_threads)));
+    v.push(("two_threads/tokio", Box::new(tokio_two_threads)));
+    // PINGPONG_ONLY=a,b keeps the variants whose names contain one of the
+    // comma-separated parts (e.g. for strace or callgrind of one variant;
+    // ratios need the mode's mio in the list).
+    if let Ok(only) = std::env::var("PINGPONG_ONLY") {
+        v.retain(|(n, _)| only.split(',').any(|o| n.contains(o)));
+    }
+    v
+}
+
+fn pingpong(cr: &mut Criterion) {
     let mut g = cr.benchmark_group("pingpong");
-    if uring {
-        g.bench_function("one_loop/kevent-uring", |b| {
-            b.iter_custom(|n| kevent_one_loop(Backend::IoUring, n))
-        });
+    for (name, f) in variants() {
+        g.bench_function(name, |b| b.iter_custom(&f));
     }
-    g.bench_function("one_loop/kevent-epoll", |b| {
-        b.iter_custom(|n| kevent_one_loop(Backend::Epoll, n))
-    });
-    if uring {
-        g.bench_function("one_loop/kevent-aio-uring", |b| {
-            b.iter_custom(|n| aio_one_loop(Backend::IoUring, n))
-        });
-    }
-    g.bench_function("one_loop/kevent-aio-epoll", |b| {
-        b.iter_custom(|n| aio_one_loop(Backend::Epoll, n))
-    });
-    g.bench_function("one_loop/mio", |b| b.iter_custom(mio_one_loop));
-    g.bench_function("one_loop/tokio", |b| b.iter_custom(tokio_one_loop));
-    if uring {
-        g.bench_function("two_threads/kevent-uring", |b| {
-            b.iter_custom(|n| kevent_two_threads(Backend::IoUring, n))
-        });
-    }
-    g.bench_function("two_threads/kevent-epoll", |b| {
-        b.iter_custom(|n| kevent_two_threads(Backend::Epoll, n))
-    });
-    if uring {
-        g.bench_function("two_threads/kevent-aio-uring", |b| {
-            b.iter_custom(|n| aio_two_threads(Backend::IoUring, n))
-        });
-    }
-    g.bench_function("two_threads/kevent-aio-epoll", |b| {
-        b.iter_custom(|n| aio_two_threads(Backend::Epoll, n))
-    });
-    g.bench_function("two_threads/mio", |b| b.iter_custom(mio_two_threads));
-    g.bench_function("two_threads/tokio", |b| b.iter_custom(tokio_two_threads));
     g.finish();
 }
 
@@ -618,69 +665,7 @@ fn cpu_now() -> Duration {
 /// steadier figure on this shared machine), and the ratio to mio in the
 /// same mode. `PINGPONG_SUMMARY=0` skips it.
 fn summary() {
-    type Run = Box<dyn Fn(u64) -> Duration>;
-    let uring = Kqueue::with_backend(Backend::IoUring).is_ok();
-    let mut v: Vec<(&str, Run)> = Vec::new();
-    if uring {
-        v.push((
-            "one_loop/kevent-uring",
-            Box::new(|n| kevent_one_loop(Backend::IoUring, n)),
-        ));
-        v.push((
-            "one_loop/kevent-aio-uring",
-            Box::new(|n| aio_one_loop(Backend::IoUring, n)),
-        ));
-    }
-    v.push((
-        "one_loop/kevent-epoll",
-        Box::new(|n| kevent_one_loop(Backend::Epoll, n)),
-    ));
-    v.push((
-        "one_loop/kevent-aio-epoll",
-        Box::new(|n| aio_one_loop(Backend::Epoll, n)),
-    ));
-    v.push(("one_loop/mio", Box::new(mio_one_loop)));
-    if uring {
-        v.push((
-            "one_loop/raw-uring-defer",
-            Box::new(|n| raw_uring_one_loop(n, 2)),
-        ));
-        v.push((
-            "one_loop/raw-uring-coop",
-            Box::new(|n| raw_uring_one_loop(n, 1)),
-        ));
-        v.push((
-            "one_loop/raw-uring-plain",
-            Box::new(|n| raw_uring_one_loop(n, 0)),
-        ));
-    }
-    v.push(("one_loop/tokio", Box::new(tokio_one_loop)));
-    if uring {
-        v.push((
-            "two_threads/kevent-uring",
-            Box::new(|n| kevent_two_threads(Backend::IoUring, n)),
-        ));
-        v.push((
-            "two_threads/kevent-aio-uring",
-            Box::new(|n| aio_two_threads(Backend::IoUring, n)),
-        ));
-    }
-    v.push((
-        "two_threads/kevent-epoll",
-        Box::new(|n| kevent_two_threads(Backend::Epoll, n)),
-    ));
-    v.push((
-        "two_threads/kevent-aio-epoll",
-        Box::new(|n| aio_two_threads(Backend::Epoll, n)),
-    ));
-    v.push(("two_threads/mio", Box::new(mio_two_threads)));
-    v.push(("two_threads/tokio", Box::new(tokio_two_threads)));
-    // PINGPONG_ONLY=a,b keeps the variants whose names contain one of the
-    // comma-separated parts (e.g. for strace or callgrind of one variant;
-    // ratios need the mode's mio in the list).
-    if let Ok(only) = std::env::var("PINGPONG_ONLY") {
-        v.retain(|(n, _)| only.split(',').any(|o| n.contains(o)));
-    }
+    let v = variants();
     let iters: u64 = std::env::var("PINGPONG_ITERS")
         .ok()
         .and_then(|s| s.parse().ok())

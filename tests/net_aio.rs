@@ -890,6 +890,12 @@ backend_test!(bad_input_is_an_error_never_a_panic, |b| {
     );
     let n = kq.kevent(&[ch], &mut out, None).unwrap();
     assert_eq!((n, out[0].data), (1, libc::ENOENT as i64));
+    // A queue without an AIO storage: refused, buffer handed back.
+    let plain = kevent::Kqueue::with_backend(b).unwrap();
+    let e = aio.send(&plain, s.as_raw_fd(), vec![9; 3], 10).unwrap_err();
+    assert_eq!(e.error.raw_os_error(), Some(libc::EINVAL));
+    assert_eq!(e.buf, [9, 9, 9]);
+    assert!(aio.recv_pooled(&plain, s.as_raw_fd(), 11).is_err());
     // Pools out of range.
     for (count, size) in [(0, 64), (3, 64), (1024, 0), (64, 2 << 20), (u16::MAX, 64)] {
         let e = Aio::with_pool(count, size).unwrap_err();

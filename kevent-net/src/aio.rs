@@ -100,10 +100,10 @@
 //!   queue's next wait in the same `io_uring_enter`: `ACCEPT` (multishot
 //!   for `accept_multi`), `RECV` (multishot from a provided-buffer ring for
 //!   `recv_pooled`), `SEND` with `MSG_WAITALL`, and `SPLICE` file → pipe →
-//!   socket for sendfile (with a `POLL_ADD` for room when a
-//!   non-blocking socket is full). A multishot op that ends by itself (`-ENOBUFS`
-//!   when the pool ran dry, a full completion queue) is re-armed
-//!   transparently, once buffers are back for a receive. The kernel owns a
+//!   socket for sendfile (with a `POLL_ADD` for room when a non-blocking
+//!   socket is full). A multishot op that ends by itself (`-ENOBUFS` when
+//!   the pool ran dry, a full completion queue) is re-armed transparently,
+//!   once buffers are back for a receive. The kernel owns a
 //!   buffer from submission (or publication in the ring) to the final
 //!   completion naming it; if the queue is dropped with operations in
 //!   flight their buffers are leaked, never freed under the kernel. The
@@ -118,12 +118,28 @@
 //!
 //! io_uring ties a request to the thread that submitted it — here the
 //! thread leading the queue's wait when it was pushed, not necessarily the
-//! caller — and cancels it when that thread exits. An operation that comes
-//! back `-ECANCELED` without a cancel from the user has therefore moved
-//! nothing (accept: no connection taken; recv: nothing consumed; send and
-//! splice: the kernel reports partial progress as bytes, never as
-//! `-ECANCELED`), so it is resubmitted transparently (its remainder, for a
-//! send or sendfile), up to 16 times in a row.
+//! caller — and cancels it when that thread exits (`-ECANCELED`, though
+//! the user never cancelled). Such an operation is resubmitted
+//! transparently, up to 16 times in a row, because a kernel cancel means
+//! nothing moved:
+//!
+//! - **accept** (single or multishot): the request was waiting in its
+//!   internal poll; the accept itself never ran, the connection is still
+//!   in the backlog.
+//! - **recv** (single or pooled): likewise waiting for data; nothing was
+//!   consumed from the socket. A provided buffer the request had picked is
+//!   recycled by the kernel (or named in the CQE and given back).
+//! - **send**: `io_uring` reports partial progress of a `MSG_WAITALL`
+//!   send as the byte count even when cancelled (`REQ_F_PARTIAL_IO`), so
+//!   `-ECANCELED` means no byte of this request went out; the remainder is
+//!   resubmitted from the count kept here.
+//! - **sendfile**: each splice (file → pipe at an explicit offset, pipe →
+//!   socket) and the poll for room either moves bytes and says how many,
+//!   or moves none; a cancelled (or `EINTR`) step is repeated with the same
+//!   offset and pipe contents.
+//!
+//! A multishot op ended by the kernel for other reasons (a success without
+//! `IORING_CQE_F_MORE`, `-ENOBUFS`) is re-armed the same way.
 
 mod pool;
 

@@ -76,6 +76,8 @@ struct Conn {
     recv_op: Option<u64>,
     /// The send or sendfile in flight.
     send_op: Option<u64>,
+    /// Bytes it must move (anything less is a broken connection).
+    send_len: i64,
     /// Request bytes received and not yet answered.
     rbuf: Vec<u8>,
     /// The send buffer while no send is in flight.
@@ -426,6 +428,7 @@ impl Worker {
             gen,
             recv_op: Some(recv_op),
             send_op: None,
+            send_len: 0,
             rbuf,
             out: Some(out),
             file_next: None,
@@ -513,7 +516,8 @@ impl Worker {
             b.clear();
             c.out = Some(b);
         }
-        if data < 0 || c.dying {
+        if data != c.send_len || c.dying {
+            // An error, or a file that shrank under its sendfile.
             self.kill(slot);
             return;
         }
@@ -553,7 +557,10 @@ impl Worker {
             .aio
             .sendfile(&self.kq, c.fd.as_raw_fd(), file, 0, len, udata)
         {
-            Ok(op) => c.send_op = Some(op),
+            Ok(op) => {
+                c.send_op = Some(op);
+                c.send_len = len as i64;
+            }
             Err(_) => self.kill(slot),
         }
     }
@@ -607,8 +614,12 @@ impl Worker {
             return;
         }
         let udata = (c.gen as u64) << 32 | slot as u64;
+        let len = out.len() as i64;
         match self.aio.send(&self.kq, c.fd.as_raw_fd(), out, udata) {
-            Ok(op) => c.send_op = Some(op),
+            Ok(op) => {
+                c.send_op = Some(op);
+                c.send_len = len;
+            }
             Err(e) => {
                 c.out = Some(e.buf);
                 self.kill(slot);

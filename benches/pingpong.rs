@@ -1,11 +1,13 @@
 //! TCP loopback ping-pong of 64-byte messages, one round trip per
 //! iteration: (a) both ends in one event loop, (b) one thread per side.
-//! Peers in one group so the report reads as a ratio: kevent on io_uring,
-//! kevent on epoll, kevent network AIO (`Filter::Aio` recv/send ops, a
-//! recv always in flight per end) on io_uring and on epoll, raw mio,
-//! tokio current-thread. kevent's READ knotes use
-//! `note::NODATA` (the loops read until `EAGAIN`, as mio's do, so the
-//! `FIONREAD` for `data` would be a syscall the peers do not make).
+//! Peers in one group so the report reads as a ratio (see [`variants`]):
+//! kevent readiness (`kevent-ready-*`) and kevent network AIO
+//! (`kevent-aio-*`: `Filter::Aio` completions, a pooled multishot recv
+//! per end and a send op per message) on io_uring and on epoll, raw mio,
+//! a bare io_uring ring (`raw-uring-*`, the completion path's ceiling),
+//! tokio current-thread. kevent's READ knotes use `note::NODATA` (the
+//! loops read until `EAGAIN`, as mio's do, so the `FIONREAD` for `data`
+//! would be a syscall the peers do not make).
 //!
 //! ```text
 //! cargo bench --bench pingpong -- --warm-up-time 1 --measurement-time 3
@@ -13,7 +15,9 @@
 //!
 //! After criterion, a summary runs every variant interleaved and prints
 //! medians of wall and process CPU time per round trip with ratios to mio
-//! (`PINGPONG_SUMMARY=0` skips it).
+//! (`PINGPONG_SUMMARY=0` skips it; `cargo bench --bench pingpong --
+//! zzznomatch` runs only the summary; `PINGPONG_ONLY=aio,/mio`,
+//! `PINGPONG_ITERS`, `PINGPONG_ROUNDS` narrow it).
 
 use criterion::{criterion_group, Criterion};
 use kevent::kevent_net::aio::Aio;
@@ -164,7 +168,7 @@ fn kevent_two_threads(b: Backend, iters: u64) -> Duration {
 // ---- kevent network AIO (Filter::Aio: recv/send ops) ----------------------
 
 fn aio_queue(b: Backend) -> (Kqueue, Aio) {
-    let (aio, storage) = Aio::new();
+    let (aio, storage) = Aio::with_pool(16, 4096).unwrap();
     let kq = Kqueue::builder(b)
         .unwrap()
         .storage(storage)
@@ -177,67 +181,62 @@ fn aio_queue(b: Backend) -> (Kqueue, Aio) {
 const RECV: u64 = 1;
 const SENT: u64 = 2;
 
-/// One echoing end: a recv always in flight; each full message is sent
-/// back (buffers recycled through `take_buffer`).
+/// One echoing end: a pooled multishot recv (`Aio::recv_pooled`) armed
+/// once; each full message is sent back with `Aio::send` (send buffers
+/// recycled through `take_buffer`, receive buffers back to the pool as
+/// each chunk is counted).
 struct AioEnd {
     fd: i32,
+    recv: u64,
     have: usize,
     spare: Vec<Vec<u8>>,
 }
 
 impl AioEnd {
-    fn new(fd: i32) -> AioEnd {
+    fn new(kq: &kevent::kevent_core::Kqueue, aio: &Aio, fd: i32, tag: u64) -> AioEnd {
+        let recv = aio.recv_pooled(kq, fd, RECV | tag).unwrap();
         AioEnd {
             fd,
+            recv,
             have: 0,
-            spare: (0..4).map(|_| Vec::with_capacity(MSG)).collect(),
+            spare: (0..4).map(|_| vec![7u8; MSG]).collect(),
         }
-    }
-
-    fn buf(&mut self) -> Vec<u8> {
-        self.spare.pop().unwrap_or_else(|| Vec::with_capacity(MSG))
-    }
-
-    fn recv(&mut self, kq: &kevent::kevent_core::Kqueue, aio: &Aio, tag: u64) {
-        let b = self.buf();
-        aio.recv(kq, self.fd, b, RECV | tag).unwrap();
     }
 
     fn send(&mut self, kq: &kevent::kevent_core::Kqueue, aio: &Aio, tag: u64) {
-        let mut b = self.buf();
-        b.clear();
-        b.resize(MSG, 7);
+        let b = self.spare.pop().unwrap_or_else(|| vec![7u8; MSG]);
         aio.send(kq, self.fd, b, SENT | tag).unwrap();
     }
 
-    /// A completion of this end; returns whether a full message arrived
-    /// (the next recv is already submitted).
-    fn done(&mut self, kq: &kevent::kevent_core::Kqueue, aio: &Aio, e: &Kevent, tag: u64) -> bool {
-        let buf = aio.take_buffer(e.ident).unwrap();
-        self.spare.push(buf);
+    /// An event of this end; returns whether a full message arrived, or
+    /// `None` at end of file.
+    fn done(&mut self, aio: &Aio, e: &Kevent) -> Option<bool> {
         if e.udata & SENT != 0 {
             assert_eq!(e.data, MSG as i64);
-            return false;
+            self.spare.push(aio.take_buffer(e.ident).unwrap());
+            return Some(false);
         }
-        assert!(e.data > 0, "recv: {}", e.data);
-        self.recv(kq, aio, tag);
-        self.have += e.data as usize;
+        while let Some(r) = aio.next_result(self.recv) {
+            if r.result <= 0 {
+                return None;
+            }
+            self.have += r.result as usize;
+        }
         if self.have >= MSG {
             self.have -= MSG;
-            return true;
+            return Some(true);
         }
-        false
+        Some(false)
     }
 }
 
 fn aio_one_loop(b: Backend, iters: u64) -> Duration {
     let (kq, aio) = aio_queue(b);
     let (c, s) = pair();
-    let (mut ce, mut se) = (AioEnd::new(c.as_raw_fd()), AioEnd::new(s.as_raw_fd()));
     const C: u64 = 0;
     const S: u64 = 4;
-    ce.recv(&kq, &aio, C);
-    se.recv(&kq, &aio, S);
+    let mut ce = AioEnd::new(&kq, &aio, c.as_raw_fd(), C);
+    let mut se = AioEnd::new(&kq, &aio, s.as_raw_fd(), S);
     let mut out = [Kevent::default(); 8];
     let start = Instant::now();
     for _ in 0..iters {
@@ -247,10 +246,10 @@ fn aio_one_loop(b: Backend, iters: u64) -> Duration {
             let n = wait(&kq, &mut out);
             for e in &out[..n] {
                 if e.udata & S != 0 {
-                    if se.done(&kq, &aio, e, S) {
+                    if se.done(&aio, e).unwrap() {
                         se.send(&kq, &aio, S);
                     }
-                } else if ce.done(&kq, &aio, e, C) {
+                } else if ce.done(&aio, e).unwrap() {
                     done = true;
                 }
             }
@@ -265,24 +264,21 @@ fn aio_two_threads(b: Backend, iters: u64) -> Duration {
     let (c, s) = pair();
     let server = std::thread::spawn(move || {
         let (kq, aio) = aio_queue(b);
-        let mut se = AioEnd::new(s.as_raw_fd());
-        se.recv(&kq, &aio, 0);
+        let mut se = AioEnd::new(&kq, &aio, s.as_raw_fd(), 0);
         let mut out = [Kevent::default(); 4];
         loop {
             let n = wait(&kq, &mut out);
             for e in &out[..n] {
-                if e.udata & RECV != 0 && e.data <= 0 {
-                    return;
-                }
-                if se.done(&kq, &aio, e, 0) {
-                    se.send(&kq, &aio, 0);
+                match se.done(&aio, e) {
+                    None => return,
+                    Some(true) => se.send(&kq, &aio, 0),
+                    Some(false) => {}
                 }
             }
         }
     });
     let (kq, aio) = aio_queue(b);
-    let mut ce = AioEnd::new(c.as_raw_fd());
-    ce.recv(&kq, &aio, 0);
+    let mut ce = AioEnd::new(&kq, &aio, c.as_raw_fd(), 0);
     let mut out = [Kevent::default(); 4];
     let start = Instant::now();
     for _ in 0..iters {
@@ -291,7 +287,7 @@ fn aio_two_threads(b: Backend, iters: u64) -> Duration {
         while !done {
             let n = wait(&kq, &mut out);
             for e in &out[..n] {
-                done |= ce.done(&kq, &aio, e, 0);
+                done |= ce.done(&aio, e).unwrap();
             }
         }
     }
@@ -302,6 +298,123 @@ fn aio_two_threads(b: Backend, iters: u64) -> Duration {
     server.join().unwrap();
     drop(kq);
     t
+}
+
+// ---- raw io_uring (no kevent): the ceiling of the completion path ---------
+
+/// Both ends in one loop on a bare ring: a multishot recv from a
+/// provided-buffer ring on each socket, a `SEND` per message, one
+/// `io_uring_enter` per step. `defer`: SINGLE_ISSUER + DEFER_TASKRUN.
+fn raw_uring_one_loop(iters: u64, mode: u8) -> Duration {
+    use kevent::kevent_core::io_uring::{cqueue, opcode, types, IoUring};
+    let (c, s) = pair();
+    let mut b = IoUring::<kevent::kevent_core::io_uring::squeue::Entry>::builder();
+    if mode == 2 {
+        b.setup_single_issuer().setup_defer_taskrun();
+    } else if mode == 1 {
+        b.setup_coop_taskrun();
+    }
+    let mut ring = b.build(64).unwrap();
+    const N: u16 = 16;
+    let bufs = vec![0u8; N as usize * 256];
+    let layout = std::alloc::Layout::from_size_align(4096, 4096).unwrap();
+    // SAFETY: non-zero size.
+    let br = unsafe { std::alloc::alloc_zeroed(layout) } as *mut types::BufRingEntry;
+    for i in 0..N {
+        // SAFETY: `i < N`, inside the 4096-byte ring (16 bytes per entry).
+        let e = unsafe { &mut *br.add(i as usize) };
+        e.set_addr(bufs.as_ptr() as u64 + u64::from(i) * 256);
+        e.set_len(256);
+        e.set_bid(i);
+    }
+    // SAFETY: the tail lies in entry 0 of the ring.
+    let tail = unsafe { &*(types::BufRingEntry::tail(br) as *const std::sync::atomic::AtomicU16) };
+    let mut t = N;
+    tail.store(t, std::sync::atomic::Ordering::Release);
+    // SAFETY: the ring memory outlives the registration (freed after the ring).
+    unsafe {
+        ring.submitter()
+            .register_buf_ring_with_flags(br as u64, N, 0, 0)
+    }
+    .unwrap();
+    let (cfd, sfd) = (c.as_raw_fd(), s.as_raw_fd());
+    let recv = |fd: i32| {
+        opcode::RecvMulti::new(types::Fd(fd), 0)
+            .build()
+            .user_data(fd as u64)
+    };
+    let msg = [7u8; MSG];
+    let send = |fd: i32| {
+        opcode::Send::new(types::Fd(fd), msg.as_ptr(), MSG as u32)
+            .build()
+            .user_data(1 << 32 | fd as u64)
+    };
+    // SAFETY: the SQEs reference `msg` and the buffer ring, alive throughout.
+    unsafe {
+        ring.submission().push(&recv(cfd)).unwrap();
+        ring.submission().push(&recv(sfd)).unwrap();
+    }
+    let (mut chave, mut shave) = (0usize, 0usize);
+    let start = Instant::now();
+    for _ in 0..iters {
+        // SAFETY: as above.
+        unsafe { ring.submission().push(&send(cfd)).unwrap() };
+        let mut done = false;
+        while !done {
+            ring.submit_and_wait(1).unwrap();
+            let mut sq_push = Vec::<i32>::new();
+            for cqe in ring.completion() {
+                let ud = cqe.user_data();
+                if ud >> 32 == 1 {
+                    assert_eq!(cqe.result(), MSG as i32);
+                    continue;
+                }
+                let fd = ud as i32;
+                if !cqueue::more(cqe.flags()) {
+                    sq_push.push(-fd - 1);
+                }
+                let Some(bid) = cqueue::buffer_select(cqe.flags()) else {
+                    assert_eq!(cqe.result(), -libc::ENOBUFS);
+                    continue;
+                };
+                assert!(cqe.result() > 0);
+                let have = if fd == cfd { &mut chave } else { &mut shave };
+                *have += cqe.result() as usize;
+                // Give the buffer back.
+                // SAFETY: slot `t % N` is not published (the kernel owns
+                // at most N - 1 others).
+                let e = unsafe { &mut *br.add((t % N) as usize) };
+                e.set_addr(bufs.as_ptr() as u64 + u64::from(bid) * 256);
+                e.set_len(256);
+                e.set_bid(bid);
+                t = t.wrapping_add(1);
+                tail.store(t, std::sync::atomic::Ordering::Release);
+                if *have >= MSG {
+                    *have -= MSG;
+                    if fd == sfd {
+                        sq_push.push(sfd);
+                    } else {
+                        done = true;
+                    }
+                }
+            }
+            for x in sq_push {
+                // SAFETY: as above.
+                unsafe {
+                    if x < 0 {
+                        ring.submission().push(&recv(-x - 1)).unwrap();
+                    } else {
+                        ring.submission().push(&send(x)).unwrap();
+                    }
+                }
+            }
+        }
+    }
+    let el = start.elapsed();
+    drop(ring);
+    // SAFETY: allocated above with this layout; the ring is gone.
+    unsafe { std::alloc::dealloc(br.cast(), layout) };
+    el
 }
 
 // ---- mio ----------------------------------------------------------------
@@ -452,45 +565,88 @@ fn tokio_two_threads(iters: u64) -> Duration {
     t
 }
 
-fn pingpong(cr: &mut Criterion) {
+type Run = Box<dyn Fn(u64) -> Duration>;
+
+/// Every variant, in report order: `mode/peer` names. `kevent-ready-*`
+/// is readiness (CLEAR READ knotes, the loop reads and writes itself, as
+/// mio does); `kevent-aio-*` is network AIO (completions: a pooled
+/// multishot recv per end and a send op per message); `raw-uring-*` is a
+/// bare io_uring ring doing what the AIO variant does (multishot recv from
+/// a buffer ring, a SEND per message) with no queue around it — the
+/// completion path's ceiling here: plain setup (what a ring shared by
+/// several threads can use, as kevent's), `COOP_TASKRUN`, and
+/// `SINGLE_ISSUER | DEFER_TASKRUN` (one thread only).
+fn variants() -> Vec<(&'static str, Run)> {
     let uring = Kqueue::with_backend(Backend::IoUring).is_ok();
+    let mut v: Vec<(&'static str, Run)> = Vec::new();
+    if uring {
+        v.push((
+            "one_loop/kevent-ready-uring",
+            Box::new(|n| kevent_one_loop(Backend::IoUring, n)),
+        ));
+        v.push((
+            "one_loop/kevent-aio-uring",
+            Box::new(|n| aio_one_loop(Backend::IoUring, n)),
+        ));
+    }
+    v.push((
+        "one_loop/kevent-ready-epoll",
+        Box::new(|n| kevent_one_loop(Backend::Epoll, n)),
+    ));
+    v.push((
+        "one_loop/kevent-aio-epoll",
+        Box::new(|n| aio_one_loop(Backend::Epoll, n)),
+    ));
+    v.push(("one_loop/mio", Box::new(mio_one_loop)));
+    if uring {
+        v.push((
+            "one_loop/raw-uring-plain",
+            Box::new(|n| raw_uring_one_loop(n, 0)),
+        ));
+        v.push((
+            "one_loop/raw-uring-coop",
+            Box::new(|n| raw_uring_one_loop(n, 1)),
+        ));
+        v.push((
+            "one_loop/raw-uring-defer",
+            Box::new(|n| raw_uring_one_loop(n, 2)),
+        ));
+    }
+    v.push(("one_loop/tokio", Box::new(tokio_one_loop)));
+    if uring {
+        v.push((
+            "two_threads/kevent-ready-uring",
+            Box::new(|n| kevent_two_threads(Backend::IoUring, n)),
+        ));
+        v.push((
+            "two_threads/kevent-aio-uring",
+            Box::new(|n| aio_two_threads(Backend::IoUring, n)),
+        ));
+    }
+    v.push((
+        "two_threads/kevent-ready-epoll",
+        Box::new(|n| kevent_two_threads(Backend::Epoll, n)),
+    ));
+    v.push((
+        "two_threads/kevent-aio-epoll",
+        Box::new(|n| aio_two_threads(Backend::Epoll, n)),
+    ));
+    v.push(("two_threads/mio", Box::new(mio_two_threads)));
+    v.push(("two_threads/tokio", Box::new(tokio_two_threads)));
+    // PINGPONG_ONLY=a,b keeps the variants whose names contain one of the
+    // comma-separated parts (e.g. for strace or callgrind of one variant;
+    // ratios need the mode's mio in the list).
+    if let Ok(only) = std::env::var("PINGPONG_ONLY") {
+        v.retain(|(n, _)| only.split(',').any(|o| n.contains(o)));
+    }
+    v
+}
+
+fn pingpong(cr: &mut Criterion) {
     let mut g = cr.benchmark_group("pingpong");
-    if uring {
-        g.bench_function("one_loop/kevent-uring", |b| {
-            b.iter_custom(|n| kevent_one_loop(Backend::IoUring, n))
-        });
+    for (name, f) in variants() {
+        g.bench_function(name, |b| b.iter_custom(&f));
     }
-    g.bench_function("one_loop/kevent-epoll", |b| {
-        b.iter_custom(|n| kevent_one_loop(Backend::Epoll, n))
-    });
-    if uring {
-        g.bench_function("one_loop/kevent-aio-uring", |b| {
-            b.iter_custom(|n| aio_one_loop(Backend::IoUring, n))
-        });
-    }
-    g.bench_function("one_loop/kevent-aio-epoll", |b| {
-        b.iter_custom(|n| aio_one_loop(Backend::Epoll, n))
-    });
-    g.bench_function("one_loop/mio", |b| b.iter_custom(mio_one_loop));
-    g.bench_function("one_loop/tokio", |b| b.iter_custom(tokio_one_loop));
-    if uring {
-        g.bench_function("two_threads/kevent-uring", |b| {
-            b.iter_custom(|n| kevent_two_threads(Backend::IoUring, n))
-        });
-    }
-    g.bench_function("two_threads/kevent-epoll", |b| {
-        b.iter_custom(|n| kevent_two_threads(Backend::Epoll, n))
-    });
-    if uring {
-        g.bench_function("two_threads/kevent-aio-uring", |b| {
-            b.iter_custom(|n| aio_two_threads(Backend::IoUring, n))
-        });
-    }
-    g.bench_function("two_threads/kevent-aio-epoll", |b| {
-        b.iter_custom(|n| aio_two_threads(Backend::Epoll, n))
-    });
-    g.bench_function("two_threads/mio", |b| b.iter_custom(mio_two_threads));
-    g.bench_function("two_threads/tokio", |b| b.iter_custom(tokio_two_threads));
     g.finish();
 }
 
@@ -509,60 +665,24 @@ fn cpu_now() -> Duration {
 /// steadier figure on this shared machine), and the ratio to mio in the
 /// same mode. `PINGPONG_SUMMARY=0` skips it.
 fn summary() {
-    type Run = Box<dyn Fn(u64) -> Duration>;
-    let uring = Kqueue::with_backend(Backend::IoUring).is_ok();
-    let mut v: Vec<(&str, Run)> = Vec::new();
-    if uring {
-        v.push((
-            "one_loop/kevent-uring",
-            Box::new(|n| kevent_one_loop(Backend::IoUring, n)),
-        ));
-        v.push((
-            "one_loop/kevent-aio-uring",
-            Box::new(|n| aio_one_loop(Backend::IoUring, n)),
-        ));
-    }
-    v.push((
-        "one_loop/kevent-epoll",
-        Box::new(|n| kevent_one_loop(Backend::Epoll, n)),
-    ));
-    v.push((
-        "one_loop/kevent-aio-epoll",
-        Box::new(|n| aio_one_loop(Backend::Epoll, n)),
-    ));
-    v.push(("one_loop/mio", Box::new(mio_one_loop)));
-    v.push(("one_loop/tokio", Box::new(tokio_one_loop)));
-    if uring {
-        v.push((
-            "two_threads/kevent-uring",
-            Box::new(|n| kevent_two_threads(Backend::IoUring, n)),
-        ));
-        v.push((
-            "two_threads/kevent-aio-uring",
-            Box::new(|n| aio_two_threads(Backend::IoUring, n)),
-        ));
-    }
-    v.push((
-        "two_threads/kevent-epoll",
-        Box::new(|n| kevent_two_threads(Backend::Epoll, n)),
-    ));
-    v.push((
-        "two_threads/kevent-aio-epoll",
-        Box::new(|n| aio_two_threads(Backend::Epoll, n)),
-    ));
-    v.push(("two_threads/mio", Box::new(mio_two_threads)));
-    v.push(("two_threads/tokio", Box::new(tokio_two_threads)));
-    const ITERS: u64 = 10_000;
-    const ROUNDS: usize = 5;
+    let v = variants();
+    let iters: u64 = std::env::var("PINGPONG_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    let rounds: usize = std::env::var("PINGPONG_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
     let mut wall = vec![Vec::new(); v.len()];
     let mut cpu = vec![Vec::new(); v.len()];
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         for (i, (_, f)) in v.iter().enumerate() {
             let c0 = cpu_now();
-            let w = f(ITERS);
+            let w = f(iters);
             let c = cpu_now() - c0;
-            wall[i].push(w.as_secs_f64() * 1e6 / ITERS as f64);
-            cpu[i].push(c.as_secs_f64() * 1e6 / ITERS as f64);
+            wall[i].push(w.as_secs_f64() * 1e6 / iters as f64);
+            cpu[i].push(c.as_secs_f64() * 1e6 / iters as f64);
         }
     }
     let med = |x: &mut Vec<f64>| {
@@ -571,7 +691,7 @@ fn summary() {
     };
     let wall: Vec<f64> = wall.iter_mut().map(med).collect();
     let cpu: Vec<f64> = cpu.iter_mut().map(med).collect();
-    println!("\npingpong summary: {ROUNDS} interleaved rounds of {ITERS} round trips, medians per round trip");
+    println!("\npingpong summary: {rounds} interleaved rounds of {iters} round trips, medians per round trip");
     println!(
         "{:<30} {:>9} {:>9} {:>12} {:>12}",
         "variant", "wall µs", "CPU µs", "vs mio wall", "vs mio CPU"

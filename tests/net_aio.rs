@@ -6,7 +6,7 @@
 mod util;
 
 use kevent::kevent_core::Kqueue as CoreQueue;
-use kevent::kevent_net::aio::Aio;
+use kevent::kevent_net::aio::{Aio, Completion, PooledBuf};
 use kevent::{Backend, Filter, Kevent};
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -180,7 +180,7 @@ backend_test!(sendfile_round_trip, |b| {
     let dir = std::env::temp_dir().join(format!("kevent-aio-{}-{b:?}", std::process::id()));
     let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(&dir, &data).unwrap();
-    let f = std::fs::File::open(&dir).unwrap();
+    let f = std::sync::Arc::new(std::fs::File::open(&dir).unwrap());
     let (mut c, s) = pair();
     let reader = std::thread::spawn(move || {
         let mut got = Vec::new();
@@ -194,14 +194,14 @@ backend_test!(sendfile_round_trip, |b| {
     });
     // Skip the first 1000 bytes; ask for more than is left after 500 short.
     let op = aio
-        .sendfile(&kq, s.as_raw_fd(), f.as_raw_fd(), 1000, 299_500, 9)
+        .sendfile(&kq, s.as_raw_fd(), f.clone(), 1000, 299_500, 9)
         .unwrap();
     assert_eq!(wait_one(&kq, op), (299_000, 9));
     let got = reader.join().unwrap();
     assert_eq!(got, &data[1000..]);
     // At end of file: 0 bytes.
     let op = aio
-        .sendfile(&kq, s.as_raw_fd(), f.as_raw_fd(), 300_000, 10, 10)
+        .sendfile(&kq, s.as_raw_fd(), f.clone(), 300_000, 10, 10)
         .unwrap();
     assert_eq!(wait_one(&kq, op), (0, 10));
     std::fs::remove_file(&dir).unwrap();
@@ -439,4 +439,505 @@ backend_test!(fd_number_reused_after_close, |b| {
     c2.write_all(b"two").unwrap();
     assert_eq!(wait_one(&kq, op), (3, 2));
     assert_eq!(aio.take_buffer(op).unwrap(), b"two");
+});
+
+// ---- multishot: accept_multi, recv_pooled ---------------------------------
+
+fn pooled_queue(b: Backend, count: u16, size: u32) -> (kevent::Kqueue, Aio) {
+    let (aio, storage) = Aio::with_pool(count, size).unwrap();
+    let kq = kevent::Kqueue::builder(b)
+        .unwrap()
+        .storage(storage)
+        .build()
+        .unwrap();
+    assert_eq!(kq.backend(), b);
+    (kq, aio)
+}
+
+/// One result of a multishot op, its bytes copied out; `buf` is kept
+/// only when asked (a held buffer is not back in the pool).
+#[derive(Debug)]
+struct Got {
+    result: i64,
+    data: Vec<u8>,
+    last: bool,
+    /// Held for its drop (the buffer goes back then).
+    _buf: Option<PooledBuf>,
+}
+
+/// Wait for events of multishot `op` and take its results until `done`
+/// says stop (or the op's last result); returns every result taken and
+/// whether an event carried EOF. Buffers go back to the pool at once
+/// unless `keep`.
+#[track_caller]
+fn drain_multi(
+    kq: &CoreQueue,
+    aio: &Aio,
+    op: u64,
+    keep: bool,
+    mut done: impl FnMut(&[Got]) -> bool,
+) -> (Vec<Got>, bool) {
+    let mut got: Vec<Got> = Vec::new();
+    let mut eof = false;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut out = [Kevent::default(); 16];
+    while !done(&got) && !got.last().is_some_and(|c| c.last) {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            let bytes: usize = got.iter().map(|g| g.data.len()).sum();
+            panic!(
+                "timed out waiting for multishot results ({} taken, {bytes} bytes, last {:?}, {} buffers out)",
+                got.len(),
+                got.last(),
+                aio.buffers_out()
+            );
+        };
+        let n = kq.kevent(&[], &mut out, Some(left)).unwrap();
+        for e in &out[..n] {
+            assert_eq!((e.filter, e.ident), (Filter::Aio, op), "{e:?}");
+            eof |= e.is_eof();
+            assert!(e.data >= 0, "{e:?}");
+        }
+        while let Some(Completion { result, buf, last }) = aio.next_result(op) {
+            let data = buf.as_ref().map_or(Vec::new(), |b| b.to_vec());
+            if let Some(b) = &buf {
+                assert_eq!(b.len() as i64, result);
+            }
+            got.push(Got {
+                result,
+                data,
+                last,
+                _buf: if keep { buf } else { None },
+            });
+        }
+    }
+    (got, eof)
+}
+
+backend_test!(accept_multi_takes_every_connection, |b| {
+    let (kq, aio) = queue(b);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let op = aio.accept_multi(&kq, l.as_raw_fd(), 40).unwrap();
+    quiet(&kq, 10);
+    let clients: Vec<TcpStream> = (0..5)
+        .map(|_| TcpStream::connect(l.local_addr().unwrap()).unwrap())
+        .collect();
+    let (got, eof) = drain_multi(&kq, &aio, op, false, |g| g.len() >= 5);
+    assert!(!eof);
+    assert_eq!(got.len(), 5, "{got:?}");
+    let mut peers = HashSet::new();
+    for c in &got {
+        assert!(c.result >= 0 && c.data.is_empty() && !c.last, "{c:?}");
+        // SAFETY: each result is a fresh fd handed to us.
+        let s = TcpStream::from(unsafe { OwnedFd::from_raw_fd(c.result as i32) });
+        peers.insert(s.peer_addr().unwrap());
+    }
+    let mine: HashSet<_> = clients.iter().map(|c| c.local_addr().unwrap()).collect();
+    assert_eq!(peers, mine);
+    // Still armed: a sixth connection comes too.
+    let _c6 = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (got, _) = drain_multi(&kq, &aio, op, false, |g| !g.is_empty());
+    assert!(got[0].result >= 0);
+    // SAFETY: as above.
+    drop(unsafe { OwnedFd::from_raw_fd(got[0].result as i32) });
+    assert!(aio.cancel(&kq, op).unwrap());
+    let (got, eof) = drain_multi(&kq, &aio, op, false, |_| false);
+    assert!(eof, "the last event carries EOF");
+    let last = got.last().unwrap();
+    assert_eq!((last.result, last.last), (-(libc::ECANCELED as i64), true));
+    assert!(aio.next_result(op).is_none());
+    assert_eq!(aio.in_flight(), 0);
+    assert!(!aio.cancel(&kq, op).unwrap(), "cancel of an ended op");
+});
+
+backend_test!(recv_pooled_streams_in_order_until_eof, |b| {
+    let (kq, aio) = pooled_queue(b, 8, 1024);
+    let (mut c, s) = pair();
+    let op = aio.recv_pooled(&kq, s.as_raw_fd(), 50).unwrap();
+    quiet(&kq, 10);
+    let msg: Vec<u8> = (0..100_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let m2 = msg.clone();
+    let writer = std::thread::spawn(move || {
+        for part in m2.chunks(3000) {
+            c.write_all(part).unwrap();
+        }
+        // c dropped: EOF
+    });
+    let (got, eof) = drain_multi(&kq, &aio, op, false, |_| false);
+    writer.join().unwrap();
+    let mut data = Vec::new();
+    for c in &got {
+        assert!(c.data.len() <= 1024);
+        data.extend_from_slice(&c.data);
+    }
+    assert!(eof);
+    let last = got.last().unwrap();
+    assert_eq!(
+        (last.result, last.last),
+        (0, true),
+        "EOF is the last result"
+    );
+    assert!(last.data.is_empty());
+    assert!(got[..got.len() - 1].iter().all(|c| c.result > 0 && !c.last));
+    assert_eq!(data, msg);
+    assert_eq!(aio.buffers_out(), 0);
+    assert_eq!(aio.in_flight(), 0);
+});
+
+backend_test!(recv_pooled_pauses_when_the_pool_is_dry, |b| {
+    // Two buffers of 64 bytes; the results are held, so the receive
+    // starves (io_uring: ENOBUFS) and must resume once they come back.
+    let (kq, aio) = pooled_queue(b, 2, 64);
+    let (mut c, s) = pair();
+    let op = aio.recv_pooled(&kq, s.as_raw_fd(), 51).unwrap();
+    let msg: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+    c.write_all(&msg).unwrap();
+    let (held, _) = drain_multi(&kq, &aio, op, true, |g| g.len() >= 2);
+    assert_eq!(held.len(), 2);
+    assert_eq!(aio.buffers_out(), 2);
+    quiet(&kq, 30);
+    assert!(aio.next_result(op).is_none(), "a result without a buffer");
+    let mut data: Vec<u8> = held.iter().flat_map(|c| c.data.clone()).collect();
+    drop(held);
+    // Each chunk's buffer goes back at once: the receive resumes.
+    let (got, _) = drain_multi(&kq, &aio, op, false, |g| {
+        data.len() + g.iter().map(|c| c.data.len()).sum::<usize>() >= 1000
+    });
+    for c in &got {
+        data.extend_from_slice(&c.data);
+    }
+    assert_eq!(data, msg);
+    assert!(aio.cancel(&kq, op).unwrap());
+    let (got, _) = drain_multi(&kq, &aio, op, false, |_| false);
+    assert_eq!(got.last().unwrap().result, -(libc::ECANCELED as i64));
+    drop(got);
+    assert_eq!((aio.buffers_out(), aio.in_flight()), (0, 0));
+});
+
+backend_test!(recv_pooled_cancel_and_delete, |b| {
+    let (kq, aio) = pooled_queue(b, 4, 256);
+    let (mut c, s) = pair();
+    let op = aio.recv_pooled(&kq, s.as_raw_fd(), 52).unwrap();
+    quiet(&kq, 10);
+    assert!(aio.cancel(&kq, op).unwrap());
+    let (got, eof) = drain_multi(&kq, &aio, op, false, |_| false);
+    assert!(eof);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        (got[0].result, got[0].last),
+        (-(libc::ECANCELED as i64), true)
+    );
+    assert_eq!((aio.buffers_out(), aio.in_flight()), (0, 0));
+    // EV_DELETE of a live op's knote cancels it and discards its results.
+    let op = aio.recv_pooled(&kq, s.as_raw_fd(), 53).unwrap();
+    c.write_all(b"unread").unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let del = Kevent::new(op, Filter::Aio, kevent::Flags::DELETE, 0, 0, 0);
+    kq.kevent(&[del], &mut [], None).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while aio.in_flight() > 0 {
+        assert!(Instant::now() < deadline, "deleted op never ended");
+        let mut out = [Kevent::default(); 4];
+        let n = kq
+            .kevent(&[], &mut out, Some(Duration::from_millis(10)))
+            .unwrap();
+        assert_eq!(n, 0, "event for a deleted op: {:?}", &out[..n]);
+    }
+    assert!(aio.next_result(op).is_none());
+    assert_eq!(aio.buffers_out(), 0);
+});
+
+// ---- ops outliving the thread that submitted them -------------------------
+
+/// A thread leads one wait of `kq` (on io_uring the ring ops pending are
+/// submitted in its io_uring_enter: they become its requests), then exits;
+/// `join` (pthread_join) returns once the kernel has torn it down.
+fn lead_once_and_exit(kq: &CoreQueue) {
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            let mut out = [Kevent::default(); 4];
+            let n = kq
+                .kevent(&[], &mut out, Some(Duration::from_millis(30)))
+                .unwrap();
+            assert_eq!(n, 0, "{:?}", &out[..n]);
+        })
+        .join()
+        .unwrap();
+    });
+}
+
+backend_test!(
+    ops_survive_the_exit_of_the_thread_that_submitted_them,
+    |b| {
+        let (kq, aio) = queue(b);
+        let (mut c, s) = pair();
+        let (mut c2, s2) = pair();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let recv = aio
+            .recv(&kq, s.as_raw_fd(), Vec::with_capacity(64), 61)
+            .unwrap();
+        let pooled = aio.recv_pooled(&kq, s2.as_raw_fd(), 62).unwrap();
+        let multi = aio.accept_multi(&kq, l.as_raw_fd(), 63).unwrap();
+        // This thread leads one wait: on io_uring the ring ops are submitted
+        // in its io_uring_enter, so they are its requests. Then it exits.
+        lead_once_and_exit(&kq);
+        let single = aio.accept(&kq, l.as_raw_fd(), 64).unwrap();
+        lead_once_and_exit(&kq);
+        quiet(&kq, 20);
+        c.write_all(b"after exit").unwrap();
+        c2.write_all(b"pooled").unwrap();
+        let _k1 = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let _k2 = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let mut pooled_data = Vec::new();
+        let mut accepted = 0;
+        let mut recv_done = None;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut out = [Kevent::default(); 8];
+        while recv_done.is_none() || pooled_data.len() < 6 || accepted < 2 {
+            assert!(Instant::now() < deadline, "ops lost with their thread");
+            let n = kq
+                .kevent(&[], &mut out, Some(Duration::from_secs(1)))
+                .unwrap();
+            for e in &out[..n] {
+                match e.udata {
+                    61 => recv_done = Some(e.data),
+                    64 => {
+                        assert!(e.data >= 0, "single accept: {}", e.data);
+                        // SAFETY: the completion handed us this fd.
+                        drop(unsafe { OwnedFd::from_raw_fd(e.data as i32) });
+                        accepted += 1;
+                    }
+                    62 | 63 => {}
+                    u => panic!("udata {u}"),
+                }
+            }
+            while let Some(r) = aio.next_result(pooled) {
+                assert!(r.result > 0, "pooled recv: {r:?}");
+                pooled_data.extend_from_slice(r.buf.as_ref().unwrap());
+            }
+            while let Some(r) = aio.next_result(multi) {
+                assert!(r.result >= 0, "accept_multi: {r:?}");
+                // SAFETY: a fresh fd handed to us.
+                drop(unsafe { OwnedFd::from_raw_fd(r.result as i32) });
+                accepted += 1;
+            }
+        }
+        assert_eq!(recv_done, Some(10), "recv after its thread exited");
+        assert_eq!(aio.take_buffer(recv).unwrap(), b"after exit");
+        assert_eq!(pooled_data, b"pooled");
+        assert_eq!(accepted, 2);
+        // Both connections may have gone to the multishot accept.
+        if aio.cancel(&kq, single).unwrap() {
+            let (r, _) = wait_one(&kq, single);
+            assert_eq!(r, -(libc::ECANCELED as i64));
+        }
+        for op in [pooled, multi] {
+            assert!(aio.cancel(&kq, op).unwrap());
+            let (got, _) = drain_multi(&kq, &aio, op, false, |_| false);
+            assert_eq!(got.last().unwrap().result, -(libc::ECANCELED as i64));
+        }
+        assert_eq!(aio.in_flight(), 0);
+    }
+);
+
+// ---- cancel of big transfers in flight --------------------------------------
+
+/// Read what the peer sent until it has been quiet for 300 ms.
+fn read_all_quiet(mut c: TcpStream) -> usize {
+    c.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0;
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => return total,
+            Ok(n) => total += n,
+            Err(_) => return total,
+        }
+    }
+}
+
+backend_test!(cancel_of_a_large_send_in_flight, |b| {
+    let (kq, aio) = queue(b);
+    let (c, s) = pair();
+    const LEN: usize = 64 << 20;
+    let buf = vec![0x5au8; LEN];
+    let ptr = buf.as_ptr();
+    // The peer does not read: the send fills the socket buffers and waits.
+    let op = aio.send(&kq, s.as_raw_fd(), buf, 71).unwrap();
+    quiet(&kq, 50);
+    assert!(
+        aio.take_buffer(op).is_none(),
+        "buffer handed back in flight"
+    );
+    assert!(aio.cancel(&kq, op).unwrap());
+    assert!(
+        aio.take_buffer(op).is_none(),
+        "buffer back before the event"
+    );
+    let (data, udata) = wait_one(&kq, op);
+    assert_eq!(udata, 71);
+    assert!(data > 0 && (data as usize) < LEN, "partial send: {data}");
+    let back = aio.take_buffer(op).unwrap();
+    assert_eq!((back.as_ptr(), back.len()), (ptr, LEN));
+    assert_eq!(aio.in_flight(), 0);
+    // Exactly the bytes reported went out, and nothing after the cancel.
+    drop(s);
+    assert_eq!(read_all_quiet(c), data as usize);
+});
+
+backend_test!(cancel_of_a_sendfile_in_flight, |b| {
+    let (kq, aio) = queue(b);
+    let path = std::env::temp_dir().join(format!("kevent-aio-big-{}-{b:?}", std::process::id()));
+    const LEN: usize = 48 << 20;
+    std::fs::write(&path, vec![0xa5u8; LEN]).unwrap();
+    let file = std::sync::Arc::new(std::fs::File::open(&path).unwrap());
+    std::fs::remove_file(&path).unwrap();
+    let (c, s) = pair();
+    let op = aio
+        .sendfile(&kq, s.as_raw_fd(), file.clone(), 0, LEN, 72)
+        .unwrap();
+    quiet(&kq, 50);
+    assert_eq!(
+        std::sync::Arc::strong_count(&file),
+        2,
+        "the op holds the file"
+    );
+    assert!(aio.cancel(&kq, op).unwrap());
+    assert_eq!(
+        std::sync::Arc::strong_count(&file),
+        2,
+        "file released before the final event"
+    );
+    let (data, udata) = wait_one(&kq, op);
+    assert_eq!(udata, 72);
+    assert!(
+        data == -(libc::ECANCELED as i64) || (data > 0 && (data as usize) < LEN),
+        "cancelled sendfile: {data}"
+    );
+    assert_eq!(std::sync::Arc::strong_count(&file), 1, "file not released");
+    assert_eq!(aio.in_flight(), 0);
+    drop(s);
+    assert_eq!(read_all_quiet(c), data.max(0) as usize);
+});
+
+// ---- user input that must not panic -----------------------------------------
+
+backend_test!(bad_input_is_an_error_never_a_panic, |b| {
+    let (kq, aio) = queue(b);
+    // Not a socket: a regular file and a pipe.
+    let f = std::fs::File::open("/proc/self/stat").unwrap();
+    let op = aio
+        .recv(&kq, f.as_raw_fd(), Vec::with_capacity(8), 1)
+        .unwrap();
+    assert_eq!(wait_one(&kq, op).0, -(libc::ENOTSOCK as i64));
+    assert!(aio.take_buffer(op).unwrap().is_empty());
+    let (r, _w) = std::io::pipe().unwrap();
+    let op = aio.accept(&kq, r.as_raw_fd(), 2).unwrap();
+    assert_eq!(wait_one(&kq, op).0, -(libc::ENOTSOCK as i64));
+    let op = aio.accept_multi(&kq, f.as_raw_fd(), 3).unwrap();
+    let (got, _) = drain_multi(&kq, &aio, op, false, |_| false);
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].result, got[0].last),
+        (-(libc::ENOTSOCK as i64), true)
+    );
+    // A socket that is not listening.
+    let (_c, s) = pair();
+    let op = aio.accept_multi(&kq, s.as_raw_fd(), 4).unwrap();
+    let (got, _) = drain_multi(&kq, &aio, op, false, |_| false);
+    assert_eq!(got.last().unwrap().result, -(libc::EINVAL as i64));
+    // A bad fd for a pooled receive.
+    let op = aio.recv_pooled(&kq, 1 << 30, 5).unwrap();
+    let (got, _) = drain_multi(&kq, &aio, op, false, |_| false);
+    assert_eq!(got.last().unwrap().result, -(libc::EBADF as i64));
+    // Arguments out of range: refused at submission, buffer handed back.
+    let e = aio.recv(&kq, s.as_raw_fd(), Vec::new(), 6).unwrap_err();
+    assert_eq!(e.error.raw_os_error(), Some(libc::EINVAL));
+    let file = std::sync::Arc::new(f);
+    for (off, len) in [(u64::MAX, 1), (0, usize::MAX), (i64::MAX as u64, 1)] {
+        let e = aio
+            .sendfile(&kq, s.as_raw_fd(), file.clone(), off, len, 7)
+            .unwrap_err();
+        assert_eq!(e.error.raw_os_error(), Some(libc::EINVAL), "{off} {len}");
+    }
+    // A huge length on a short file: short at end of file.
+    let small = std::env::temp_dir().join(format!("kevent-aio-small-{}-{b:?}", std::process::id()));
+    std::fs::write(&small, [1u8; 1000]).unwrap();
+    let sf = std::sync::Arc::new(std::fs::File::open(&small).unwrap());
+    std::fs::remove_file(&small).unwrap();
+    let op = aio.sendfile(&kq, s.as_raw_fd(), sf, 0, 1 << 40, 8).unwrap();
+    assert_eq!(wait_one(&kq, op).0, 1000);
+    // An empty send completes with 0.
+    let op = aio.send(&kq, s.as_raw_fd(), Vec::new(), 9).unwrap();
+    assert_eq!(wait_one(&kq, op).0, 0);
+    assert!(aio.take_buffer(op).unwrap().is_empty());
+    // Unknown and finished ids.
+    assert!(!aio.cancel(&kq, 12345).unwrap());
+    assert!(!aio.cancel(&kq, op).unwrap());
+    assert!(aio.take_buffer(12345).is_none());
+    assert!(aio.next_result(12345).is_none());
+    // A hand-made AIO change for an id no handle gave out.
+    let mut out = [Kevent::default(); 2];
+    let ch = Kevent::new(
+        99,
+        Filter::Aio,
+        kevent::Flags::ADD | kevent::Flags::RECEIPT,
+        0,
+        0,
+        0,
+    );
+    let n = kq.kevent(&[ch], &mut out, None).unwrap();
+    assert_eq!((n, out[0].data), (1, libc::ENOENT as i64));
+    // A queue without an AIO storage: refused, buffer handed back.
+    let plain = kevent::Kqueue::with_backend(b).unwrap();
+    let e = aio.send(&plain, s.as_raw_fd(), vec![9; 3], 10).unwrap_err();
+    assert_eq!(e.error.raw_os_error(), Some(libc::EINVAL));
+    assert_eq!(e.buf, [9, 9, 9]);
+    assert!(aio.recv_pooled(&plain, s.as_raw_fd(), 11).is_err());
+    // Pools out of range.
+    for (count, size) in [(0, 64), (3, 64), (1024, 0), (64, 2 << 20), (u16::MAX, 64)] {
+        let e = Aio::with_pool(count, size).unwrap_err();
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::InvalidInput,
+            "{count} x {size}"
+        );
+    }
+    assert_eq!(aio.in_flight(), 0);
+});
+
+backend_test!(stale_op_id_never_takes_another_ops_results, |b| {
+    let (kq, aio) = queue(b);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let old = aio.accept_multi(&kq, l.as_raw_fd(), 1).unwrap();
+    assert!(aio.cancel(&kq, old).unwrap());
+    let (got, _) = drain_multi(&kq, &aio, old, false, |_| false);
+    assert!(got.last().unwrap().last);
+    assert_eq!(aio.in_flight(), 0);
+    // The next op reuses the freed slot under a new id.
+    let new = aio.accept_multi(&kq, l.as_raw_fd(), 2).unwrap();
+    assert_ne!(new, old);
+    let _c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let e = {
+        let mut out = [Kevent::default(); 4];
+        let n = kq
+            .kevent(&[], &mut out, Some(Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(n, 1);
+        out[0]
+    };
+    assert_eq!((e.ident, e.udata, e.data), (new, 2, 1));
+    assert!(aio.next_result(old).is_none(), "the stale id took a result");
+    assert!(aio.take_buffer(old).is_none());
+    assert!(!aio.cancel(&kq, old).unwrap());
+    let r = aio.next_result(new).expect("the new op's result");
+    assert!(r.result >= 0 && !r.last);
+    // SAFETY: a fresh fd handed to us.
+    drop(unsafe { OwnedFd::from_raw_fd(r.result as i32) });
+    assert!(aio.cancel(&kq, new).unwrap());
+    drain_multi(&kq, &aio, new, false, |_| false);
+    assert_eq!(aio.in_flight(), 0);
 });

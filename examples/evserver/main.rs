@@ -33,6 +33,7 @@
 //! The first line on stdout is `listening on ADDR` (with the real port
 //! when `--addr` ends in `:0`).
 
+mod aio;
 mod cache;
 mod http;
 
@@ -207,12 +208,6 @@ fn run(args: Args) -> io::Result<()> {
             return Err(io::Error::last_os_error());
         }
     }
-    if args.mode == Mode::Aio {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "--mode aio: network AIO is not implemented yet; use --mode readiness",
-        ));
-    }
     let root = args
         .root
         .clone()
@@ -227,6 +222,9 @@ fn run(args: Args) -> io::Result<()> {
     // Block the signals before any thread exists so every thread inherits
     // the mask and only the queue sees them.
     kevent::block_signals(&[libc::SIGINT, libc::SIGTERM])?;
+    if args.mode == Mode::Aio {
+        return aio::run(&args, root, backend);
+    }
     let threads = args.threads.max(1);
     let mut queues = Vec::with_capacity(threads);
     for _ in 0..threads {

@@ -261,6 +261,30 @@ impl Context<'_> {
         self.sys.submit_op(sqe)
     }
 
+    /// Register a provided-buffer ring with the queue's io_uring, for ops
+    /// that select buffers (`BUFFER_SELECT`, multishot receives). Returns
+    /// the buffer group id to put in those ops: this storage's own (one
+    /// group per storage). `Unsupported` on epoll.
+    ///
+    /// # Safety
+    /// `addr` is a page-aligned mapping of `entries` (a power of two)
+    /// `io_uring_buf` slots. It, and every buffer published in it, must
+    /// stay valid until [`Context::unregister_buf_ring`], or, if ops that
+    /// select from it are in flight, until their final completions — or
+    /// for the life of the queue.
+    pub unsafe fn register_buf_ring(&mut self, addr: u64, entries: u16) -> io::Result<u16> {
+        let bgid = u16::from(self.storage);
+        // SAFETY: forwarded from the caller.
+        unsafe { self.sys.register_buf_ring(addr, entries, bgid) }?;
+        Ok(bgid)
+    }
+
+    /// Unregister this storage's buffer ring (see
+    /// [`Context::register_buf_ring`]). `Unsupported` on epoll.
+    pub fn unregister_buf_ring(&mut self) -> io::Result<()> {
+        self.sys.unregister_buf_ring(u16::from(self.storage))
+    }
+
     /// Stop watching `fd` (a watch made with `Interest::Read` or `Both`).
     /// An fd already closed is not an error.
     pub fn unwatch_fd(&mut self, fd: RawFd) -> io::Result<()> {

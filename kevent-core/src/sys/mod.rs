@@ -206,6 +206,31 @@ impl Sys {
         }
     }
 
+    /// Register a provided-buffer ring (io_uring); `Unsupported` on epoll.
+    ///
+    /// # Safety
+    /// As [`uring::Uring::register_buf_ring`].
+    pub(crate) unsafe fn register_buf_ring(
+        &self,
+        addr: u64,
+        entries: u16,
+        bgid: u16,
+    ) -> io::Result<()> {
+        match self {
+            Sys::Epoll(_) => Err(io::ErrorKind::Unsupported.into()),
+            // SAFETY: forwarded from the caller.
+            Sys::IoUring(u) => unsafe { u.register_buf_ring(addr, entries, bgid) },
+        }
+    }
+
+    /// Unregister buffer group `bgid` (io_uring); `Unsupported` on epoll.
+    pub(crate) fn unregister_buf_ring(&self, bgid: u16) -> io::Result<()> {
+        match self {
+            Sys::Epoll(_) => Err(io::ErrorKind::Unsupported.into()),
+            Sys::IoUring(u) => u.unregister_buf_ring(bgid),
+        }
+    }
+
     #[inline]
     pub(crate) fn pollable(&self) -> RawFd {
         match self {

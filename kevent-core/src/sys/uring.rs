@@ -48,6 +48,8 @@
 //! If a leader is already blocked (`in_wait`), the submitter wakes it.
 //! Their completions (`user_data` with a non-zero top byte, the queue's
 //! token layout) come back as [`OsEvent`]s marked [`super::COMPLETION`].
+//! A storage may also register a provided-buffer ring (`register_buf_ring`,
+//! a synchronous `io_uring_register`) for ops that select buffers.
 //!
 //! # Buffers
 //!
@@ -67,6 +69,10 @@ use std::time::Duration;
 
 const EVENTS: usize = 256;
 const ENTRIES: u32 = 32;
+/// Completion queue size: multishot storage ops (network AIO on many
+/// connections) post several CQEs per op between waits; past the CQ the
+/// kernel allocates overflow entries (and may end multishot requests).
+const CQ_ENTRIES: u32 = 1024;
 
 /// `user_data` of the ring's requests.
 const UD_EPR: u64 = 0;
@@ -144,6 +150,7 @@ impl Uring {
     pub(crate) fn new() -> io::Result<Uring> {
         let ring = IoUring::builder()
             .setup_clamp()
+            .setup_cqsize(CQ_ENTRIES)
             .build(ENTRIES)
             .map_err(|e| annotate(e, "io_uring_setup"))?;
         let mut probe = Probe::new();
@@ -377,6 +384,30 @@ impl Uring {
 
     pub(crate) fn wake(&self) -> io::Result<()> {
         super::eventfd_signal(self.waker.as_raw_fd())
+    }
+
+    /// Register a storage's provided-buffer ring as group `bgid`. A plain
+    /// `io_uring_register`: callable from any thread, never touches the SQ.
+    ///
+    /// # Safety
+    /// `addr` is a page-aligned mapping of `entries` `io_uring_buf` slots
+    /// that stays valid until unregistered or the ring is dropped.
+    pub(crate) unsafe fn register_buf_ring(
+        &self,
+        addr: u64,
+        entries: u16,
+        bgid: u16,
+    ) -> io::Result<()> {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            self.ring
+                .submitter()
+                .register_buf_ring_with_flags(addr, entries, bgid, 0)
+        }
+    }
+
+    pub(crate) fn unregister_buf_ring(&self, bgid: u16) -> io::Result<()> {
+        self.ring.submitter().unregister_buf_ring(bgid)
     }
 
     /// The fds a queue's pollable face watches. Between calls an epoll's

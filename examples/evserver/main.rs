@@ -16,10 +16,16 @@
 //! - Paths are percent-decoded, then dot-segments resolved; a target that
 //!   climbs above the root, or whose canonical path (symlinks followed)
 //!   leaves the canonical root, is answered 404.
-//! - Each file's response is rendered once (head and, up to 1 MiB, body)
-//!   and served with one `write`; `--sendfile on` writes the head with
-//!   `MSG_MORE` and the body with `sendfile(2)`. After warm-up the request
-//!   path allocates nothing: read buffers and connection slots are reused.
+//! - Each file's heads are rendered once (one per `Connection` variant) and
+//!   its body (up to 1 MiB) read once; a response is the head copied into
+//!   the connection's buffer with the current `Date`, sent with the body in
+//!   one `sendmsg`; `--sendfile on` sends the head with `MSG_MORE` and the
+//!   body with `sendfile(2)`. A cached file is re-checked (inode, size,
+//!   mtime) at most once a second and reloaded when it changed. After
+//!   warm-up the request path allocates nothing: read buffers and
+//!   connection slots are reused.
+//! - HTTP/1.1 keep-alive by default; HTTP/1.0 only with
+//!   `Connection: keep-alive` (answered with the same header).
 //! - Idle connections (and slow requests: slowloris) are closed after
 //!   `--idle-timeout`, by a `Filter::Timer` knote when the queue has a
 //!   timer storage, else by a sweep bounded by the wait's timeout.
@@ -28,20 +34,25 @@
 //!   refusal; if that fails the listener's knote is disabled for 100 ms.
 //!   It never spins and never exits on it.
 //! - SIGINT/SIGTERM (`Filter::Signal`, blocked first in every thread) stop
-//!   accepting, finish responses in flight and exit within 2 s.
+//!   accepting, finish responses in flight (then close those connections)
+//!   and exit within 2 s.
+//! - `SO_REUSEPORT` only with `--threads` > 1, so a second server on a
+//!   busy port fails ("address in use") instead of splitting its traffic.
 //!
 //! The first line on stdout is `listening on ADDR` (with the real port
-//! when `--addr` ends in `:0`).
+//! when `--addr` ends in `:0`). Unless `--quiet`, the last line on stderr
+//! is `evserver: done: ...` with the counts (connections, requests,
+//! refusals for lack of fds, connections per thread).
 
 mod cache;
 mod http;
 
-use cache::{Cache, Lookup};
+use cache::{Cache, ConnHdr, Entry, Lookup};
 use clap::{Parser, ValueEnum};
 use kevent::kevent_net::{Interest, KnoteOpts, TcpListener, TcpStream};
 use kevent::{Backend, Filter, Flags, Kevent, Kqueue};
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -61,8 +72,8 @@ struct Args {
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     backend: BackendArg,
     /// Worker threads, one queue and one SO_REUSEPORT listener each.
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: u16,
     /// Readiness (read/write on events) or network AIO completions.
     #[arg(long, value_enum, default_value_t = Mode::Readiness)]
     mode: Mode,
@@ -70,14 +81,32 @@ struct Args {
     #[arg(long, value_enum, default_value_t = OnOff::Off)]
     sendfile: OnOff,
     /// Close connections idle (or with an unfinished request) this long, in seconds.
-    #[arg(long, default_value_t = 30.0)]
-    idle_timeout: f64,
+    #[arg(long, allow_negative_numbers = true, default_value = "30", value_parser = parse_secs)]
+    idle_timeout: Duration,
     /// Lower RLIMIT_NOFILE to this (tests of fd exhaustion).
     #[arg(long, hide = true)]
     max_fds: Option<u64>,
+    /// Keep bodies up to this many bytes in memory (default 1 MiB; tests).
+    #[arg(long, hide = true, default_value_t = cache::BODY_CACHE_MAX,
+          value_parser = clap::value_parser!(u64).range(0..=1 << 30))]
+    cache_max: u64,
     /// Print nothing but the listening line and errors.
     #[arg(long)]
     quiet: bool,
+}
+
+/// A duration in seconds (fractions allowed): finite, > 0, at most a year.
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("{s:?} is not a number of seconds: {e}"))?;
+    let d = Duration::try_from_secs_f64(v)
+        .map_err(|_| format!("{s:?}: seconds must be finite and not negative"))?;
+    if d.is_zero() || d > Duration::from_secs(365 * 86_400) {
+        return Err(format!("{s:?}: seconds must be > 0 and at most a year"));
+    }
+    Ok(d)
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,32 +149,37 @@ struct Stats {
     refused: u64,
     idle_closed: u64,
     errors: u64,
+    reloads: u64,
 }
 
 /// What is left to send of the current response.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 enum Pending {
     None,
-    /// A slice of a cached rendering; then `sendfile` of the body if
-    /// `file_after`.
-    Cached {
-        entry: u32,
-        var: u8,
-        nm: bool,
+    /// The connection's `out` (a head, or a whole error response) from
+    /// `off`, then the body: `off` counts over `out` followed by it.
+    Out {
         off: usize,
-        end: usize,
-        file_after: bool,
+        body: Body,
     },
-    /// The connection's own buffer (error responses).
-    Own {
-        off: usize,
-    },
-    /// `sendfile` of a cached entry's file.
+    /// `sendfile` of a cached entry's file, bytes `off..end`.
     File {
-        entry: u32,
+        entry: Arc<Entry>,
         off: i64,
         end: i64,
     },
+}
+
+/// The body after a head in `out`.
+#[derive(Debug)]
+enum Body {
+    /// Nothing (HEAD, 304, error responses: all in `out`).
+    None,
+    /// The entry's cached body, in the same `sendmsg` as the head.
+    Mem(Arc<Entry>),
+    /// The entry's file by `sendfile`, after the head (sent with
+    /// `MSG_MORE`).
+    File(Arc<Entry>),
 }
 
 #[derive(Debug)]
@@ -188,6 +222,18 @@ struct Worker {
     stats: Stats,
 }
 
+/// A bind failure, said plainly (the port is the usual culprit).
+fn bind_error(addr: SocketAddr, e: io::Error) -> io::Error {
+    if e.raw_os_error() == Some(libc::EADDRINUSE) {
+        io::Error::new(
+            e.kind(),
+            format!("--addr {addr}: address in use (another server listens there)"),
+        )
+    } else {
+        io::Error::new(e.kind(), format!("--addr {addr}: cannot listen: {e}"))
+    }
+}
+
 fn main() {
     let args = Args::parse();
     if let Err(e) = run(args) {
@@ -227,23 +273,28 @@ fn run(args: Args) -> io::Result<()> {
     // Block the signals before any thread exists so every thread inherits
     // the mask and only the queue sees them.
     kevent::block_signals(&[libc::SIGINT, libc::SIGTERM])?;
-    let threads = args.threads.max(1);
+    let threads = usize::from(args.threads.max(1));
     let mut queues = Vec::with_capacity(threads);
     for _ in 0..threads {
         queues.push(Arc::new(Kqueue::with_backend(backend)?));
     }
-    let reuse_port = true;
-    let first = TcpListener::bind_with(args.addr, reuse_port, 4096)?;
+    // One listener per thread needs SO_REUSEPORT; one alone must not set
+    // it, or a second server on the same port would bind and silently
+    // take half the connections.
+    let reuse_port = threads > 1;
+    let first = TcpListener::bind_with(args.addr, reuse_port, 4096)
+        .map_err(|e| bind_error(args.addr, e))?;
     let addr = first.local_addr()?;
     let mut listeners = vec![first];
     for _ in 1..threads {
-        listeners.push(TcpListener::bind_with(addr, reuse_port, 4096)?);
+        listeners
+            .push(TcpListener::bind_with(addr, reuse_port, 4096).map_err(|e| bind_error(addr, e))?);
     }
     println!("listening on {addr}");
     let _ = io::stdout().flush();
     if !args.quiet {
         eprintln!(
-            "evserver: {} thread(s), backend {:?}, root {}, sendfile {:?}, idle timeout {} s",
+            "evserver: {} thread(s), backend {:?}, root {}, sendfile {:?}, idle timeout {:?}",
             threads,
             queues[0].backend(),
             root.display(),
@@ -251,7 +302,7 @@ fn run(args: Args) -> io::Result<()> {
             args.idle_timeout
         );
     }
-    let idle = Duration::from_secs_f64(args.idle_timeout.max(0.01));
+    let idle = args.idle_timeout;
     let mut workers = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
         let others = if i == 0 {
@@ -264,6 +315,7 @@ fn run(args: Args) -> io::Result<()> {
             l,
             root.clone(),
             args.sendfile == OnOff::On,
+            args.cache_max,
             idle,
             others,
             i == 0,
@@ -280,22 +332,34 @@ fn run(args: Args) -> io::Result<()> {
     }
     let r0 = w0.run();
     let mut total = w0.stats;
+    let mut per_thread = vec![w0.stats.conns.to_string()];
     for h in handles {
-        if let Ok((s, r)) = h.join() {
-            if let Err(e) = r {
-                eprintln!("evserver: worker: {e}");
+        match h.join() {
+            Ok((s, r)) => {
+                if let Err(e) = r {
+                    eprintln!("evserver: worker: {e}");
+                }
+                total.conns += s.conns;
+                total.requests += s.requests;
+                total.refused += s.refused;
+                total.idle_closed += s.idle_closed;
+                total.errors += s.errors;
+                total.reloads += s.reloads;
+                per_thread.push(s.conns.to_string());
             }
-            total.conns += s.conns;
-            total.requests += s.requests;
-            total.refused += s.refused;
-            total.idle_closed += s.idle_closed;
-            total.errors += s.errors;
+            Err(_) => per_thread.push("?".into()),
         }
     }
     if !args.quiet {
         eprintln!(
-            "evserver: done: {} connections, {} requests, {} error responses, {} idle closed, {} refused (out of fds)",
-            total.conns, total.requests, total.errors, total.idle_closed, total.refused
+            "evserver: done: {} connections, {} requests, {} error responses, {} idle closed, {} refused (out of fds), {} files reloaded; connections per thread: {}",
+            total.conns,
+            total.requests,
+            total.errors,
+            total.idle_closed,
+            total.refused,
+            total.reloads,
+            per_thread.join(",")
         );
     }
     r0
@@ -321,11 +385,13 @@ fn add_change(kq: &Kqueue, ch: Kevent) -> io::Result<()> {
 }
 
 impl Worker {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         kq: Arc<Kqueue>,
         mut listener: TcpListener,
         root: PathBuf,
         sendfile: bool,
+        cache_max: u64,
         idle: Duration,
         others: Vec<Arc<Kqueue>>,
         signals: bool,
@@ -375,7 +441,7 @@ impl Worker {
             live: 0,
             next_gen: 0,
             spare_bufs: Vec::new(),
-            cache: Cache::new(root, unix_secs()),
+            cache: Cache::new(root, unix_secs(), cache_max),
             norm: Vec::with_capacity(MAX_TARGET),
             sendfile,
             idle,
@@ -437,6 +503,7 @@ impl Worker {
             }
             if let Some(deadline) = self.draining {
                 if self.live == 0 || self.now >= deadline {
+                    self.stats.reloads = self.cache.reloads;
                     return Ok(());
                 }
             }
@@ -577,13 +644,26 @@ impl Worker {
                 now.duration_since(c.last) >= self.idle
             };
             if expired {
-                if c.rlen > 0 && !c.closing && matches!(c.pending, Pending::None) {
-                    // An unfinished request: tell the client (408).
-                    c.out.clear();
-                    render_error(&mut c.out, 408, self.cache.date(), true, false);
-                    let _ = (&c.stream).write(&c.out);
-                }
                 self.stats.idle_closed += 1;
+                if c.rlen > 0 && !c.closing && matches!(c.pending, Pending::None) {
+                    // An unfinished request: tell the client (408), then
+                    // close gracefully — shut our side, discard what the
+                    // client still sends until its EOF (a close with
+                    // unread input would reset the connection and could
+                    // destroy the 408 before the client reads it). The
+                    // closing state has its own idle limit.
+                    c.out.clear();
+                    render_error(&mut c.out, 408, self.cache.date(), ConnHdr::Close, false);
+                    if matches!(send(&c.stream, &c.out, 0), Ok(Some(n)) if n == c.out.len()) {
+                        c.out.clear();
+                        let _ = c.stream.shutdown(Shutdown::Write);
+                        c.closing = true;
+                        c.rlen = 0;
+                        c.last = now;
+                        self.drive(i as u32);
+                        continue;
+                    }
+                }
                 self.close(i as u32);
             }
         }
@@ -670,9 +750,12 @@ impl Worker {
         loop {
             let c = self.slots[slot as usize].as_mut().expect("live conn");
             if !matches!(c.pending, Pending::None) {
-                match flush(c, &self.cache) {
+                match flush(c) {
                     Ok(true) => {
-                        if c.close_after {
+                        // While draining, a connection closes once its
+                        // response is out (even one begun before the
+                        // signal, when keep-alive was promised).
+                        if c.close_after || (self.draining.is_some() && c.rlen == 0) {
                             let _ = c.stream.shutdown(Shutdown::Write);
                             c.closing = true;
                             c.close_after = false;
@@ -695,7 +778,14 @@ impl Worker {
                     Err(_) => return false,
                 }
             }
-            if c.rlen == 0 || c.closing {
+            if c.closing {
+                return true;
+            }
+            if c.rlen == 0 {
+                if self.draining.is_some() {
+                    let _ = c.stream.shutdown(Shutdown::Write);
+                    c.closing = true;
+                }
                 return true;
             }
             match self.respond(slot) {
@@ -732,7 +822,10 @@ impl Worker {
         let method = req.method.unwrap_or("");
         let target = req.path.unwrap_or("").as_bytes();
         let version = req.version.unwrap_or(0);
-        let mut close = version == 0 || self.draining.is_some();
+        // HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0
+        // closes it unless told `keep-alive` (RFC 9112 §9.3).
+        let mut ask_close = false;
+        let mut ask_keep = false;
         let mut inm: Option<&[u8]> = None;
         let mut ims: Option<&[u8]> = None;
         let mut body_len = 0u64;
@@ -740,11 +833,8 @@ impl Worker {
         for h in req.headers.iter() {
             let n = h.name.as_bytes();
             if n.eq_ignore_ascii_case(b"connection") {
-                if http::has_token(h.value, b"close") {
-                    close = true;
-                } else if version == 1 && http::has_token(h.value, b"keep-alive") {
-                    close = self.draining.is_some();
-                }
+                ask_close |= http::has_token(h.value, b"close");
+                ask_keep |= http::has_token(h.value, b"keep-alive");
             } else if n.eq_ignore_ascii_case(b"if-none-match") {
                 inm = Some(h.value);
             } else if n.eq_ignore_ascii_case(b"if-modified-since") {
@@ -758,6 +848,14 @@ impl Worker {
                 chunked = true;
             }
         }
+        let close = ask_close || self.draining.is_some() || (version == 0 && !ask_keep);
+        let conn = if close {
+            ConnHdr::Close
+        } else if version == 0 {
+            ConnHdr::KeepAlive
+        } else {
+            ConnHdr::None
+        };
         if chunked || body_len > 0 {
             // GET and HEAD carry no body here; refuse rather than guess.
             return error_close(c, 413, date, &mut self.stats);
@@ -769,33 +867,44 @@ impl Worker {
         if method != "GET" && !head {
             consume(c, head_len);
             c.out.clear();
-            render_error(&mut c.out, 405, date, close, false);
-            c.pending = Pending::Own { off: 0 };
+            render_error(&mut c.out, 405, date, conn, false);
+            c.pending = Pending::Out {
+                off: 0,
+                body: Body::None,
+            };
             c.close_after = close;
             self.stats.errors += 1;
             return Step::Responded;
         }
-        let var = close as u8;
         let found = match http::normalise(target, &mut self.norm) {
             Ok(is_dir) => self.cache.lookup(&self.norm, is_dir),
             Err(http::PathError::Escape) => Lookup::NotFound,
-            Err(http::PathError::Bad) => return error_close(c, 400, date, &mut self.stats),
+            Err(http::PathError::Bad) => {
+                let date = self.cache.date();
+                return error_close(c, 400, date, &mut self.stats);
+            }
         };
         let date = self.cache.date();
-        let entry = match found {
-            Lookup::Hit(i) => i,
-            Lookup::NotFound | Lookup::Full => {
-                let code = if found == Lookup::Full { 503 } else { 404 };
+        let e = match found {
+            Lookup::Hit(e) => e,
+            Lookup::NotFound | Lookup::Unavailable => {
+                let code = if matches!(found, Lookup::Unavailable) {
+                    503
+                } else {
+                    404
+                };
                 consume(c, head_len);
                 c.out.clear();
-                render_error(&mut c.out, code, date, close, head);
-                c.pending = Pending::Own { off: 0 };
+                render_error(&mut c.out, code, date, conn, head);
+                c.pending = Pending::Out {
+                    off: 0,
+                    body: Body::None,
+                };
                 c.close_after = close;
                 self.stats.errors += 1;
                 return Step::Responded;
             }
         };
-        let e = &self.cache.entries[entry as usize];
         let not_modified = match (inm, ims) {
             (Some(v), _) => http::etag_matches(v, &e.etag),
             (None, Some(v)) => v.trim_ascii() == e.last_modified,
@@ -803,31 +912,16 @@ impl Worker {
         };
         consume(c, head_len);
         c.close_after = close;
-        c.pending = if not_modified {
-            Pending::Cached {
-                entry,
-                var,
-                nm: true,
-                off: 0,
-                end: e.not_modified[var as usize].head_len,
-                file_after: false,
-            }
+        c.out.clear();
+        e.head_into(not_modified, conn, date, &mut c.out);
+        let body = if not_modified || head || e.len == 0 {
+            Body::None
+        } else if e.body.is_some() && !self.sendfile {
+            Body::Mem(e)
         } else {
-            let r = &e.resp[var as usize];
-            let by_file = !head && (!e.body_cached || self.sendfile);
-            Pending::Cached {
-                entry,
-                var,
-                nm: false,
-                off: 0,
-                end: if head || by_file {
-                    r.head_len
-                } else {
-                    r.buf.len()
-                },
-                file_after: by_file && e.len > 0,
-            }
+            Body::File(e)
         };
+        c.pending = Pending::Out { off: 0, body };
         Step::Responded
     }
 }
@@ -852,8 +946,11 @@ fn error_close(c: &mut Conn, code: u16, date: &[u8; http::DATE_LEN], stats: &mut
     stats.errors += 1;
     c.rlen = 0;
     c.out.clear();
-    render_error(&mut c.out, code, date, true, false);
-    c.pending = Pending::Own { off: 0 };
+    render_error(&mut c.out, code, date, ConnHdr::Close, false);
+    c.pending = Pending::Out {
+        off: 0,
+        body: Body::None,
+    };
     c.close_after = true;
     Step::Responded
 }
@@ -862,7 +959,7 @@ fn render_error(
     out: &mut Vec<u8>,
     code: u16,
     date: &[u8; http::DATE_LEN],
-    close: bool,
+    conn: ConnHdr,
     head: bool,
 ) {
     let reason = http::reason(code);
@@ -879,8 +976,10 @@ fn render_error(
     if code == 405 {
         out.extend_from_slice(b"Allow: GET, HEAD\r\n");
     }
-    if close {
-        out.extend_from_slice(b"Connection: close\r\n");
+    match conn {
+        ConnHdr::None => {}
+        ConnHdr::Close => out.extend_from_slice(b"Connection: close\r\n"),
+        ConnHdr::KeepAlive => out.extend_from_slice(b"Connection: keep-alive\r\n"),
     }
     out.extend_from_slice(b"\r\n");
     if !head {
@@ -889,67 +988,53 @@ fn render_error(
 }
 
 /// Write what is pending. `Ok(true)` when all of it is out.
-fn flush(c: &mut Conn, cache: &Cache) -> io::Result<bool> {
+fn flush(c: &mut Conn) -> io::Result<bool> {
     loop {
-        match c.pending {
+        match &mut c.pending {
             Pending::None => return Ok(true),
-            Pending::Cached {
-                entry,
-                var,
-                nm,
-                off,
-                end,
-                file_after,
-            } => {
-                let e = &cache.entries[entry as usize];
-                let r = if nm {
-                    &e.not_modified[var as usize]
-                } else {
-                    &e.resp[var as usize]
+            Pending::Out { off, body } => {
+                let head = c.out.len();
+                let n = match body {
+                    Body::Mem(e) => {
+                        let b = e.body.as_deref().unwrap_or(&[]);
+                        if *off < head {
+                            sendv(&c.stream, &[&c.out[*off..], b])?
+                        } else {
+                            send(&c.stream, &b[*off - head..], 0)?
+                        }
+                    }
+                    Body::File(_) => send(&c.stream, &c.out[*off..], libc::MSG_MORE)?,
+                    Body::None => send(&c.stream, &c.out[*off..], 0)?,
                 };
-                let flags = if file_after { libc::MSG_MORE } else { 0 };
-                let n = send(&c.stream, &r.buf[off..end], flags)?;
                 let Some(n) = n else { return Ok(false) };
-                if off + n < end {
-                    c.pending = Pending::Cached {
-                        entry,
-                        var,
-                        nm,
-                        off: off + n,
-                        end,
-                        file_after,
+                *off += n;
+                let total = head
+                    + match body {
+                        Body::Mem(e) => e.body.as_deref().map_or(0, <[u8]>::len),
+                        _ => 0,
                     };
-                } else if file_after {
-                    c.pending = Pending::File {
-                        entry,
-                        off: 0,
-                        end: e.len as i64,
-                    };
-                } else {
-                    c.pending = Pending::None;
+                if *off < total {
+                    continue;
                 }
-            }
-            Pending::Own { off } => {
-                let n = send(&c.stream, &c.out[off..], 0)?;
-                let Some(n) = n else { return Ok(false) };
-                if off + n < c.out.len() {
-                    c.pending = Pending::Own { off: off + n };
-                } else {
-                    c.pending = Pending::None;
-                    c.out.clear();
-                }
+                c.pending = match std::mem::replace(body, Body::None) {
+                    Body::File(entry) => {
+                        let end = entry.len as i64;
+                        Pending::File { entry, off: 0, end }
+                    }
+                    _ => Pending::None,
+                };
+                c.out.clear();
             }
             Pending::File { entry, off, end } => {
-                let e = &cache.entries[entry as usize];
-                let mut o: libc::off_t = off;
+                let mut o: libc::off_t = *off;
                 // SAFETY: both fds are open for the call; `o` is a valid
                 // offset pointer.
                 let n = unsafe {
                     libc::sendfile(
                         c.stream.as_raw_fd(),
-                        e.file.as_raw_fd(),
+                        entry.file.as_raw_fd(),
                         &mut o,
-                        (end - off) as usize,
+                        (*end - *off) as usize,
                     )
                 };
                 if n < 0 {
@@ -961,15 +1046,52 @@ fn flush(c: &mut Conn, cache: &Cache) -> io::Result<bool> {
                     };
                 }
                 if n == 0 {
-                    // The file shrank under us: the response is broken.
+                    // The file shrank under us. If its body is cached (the
+                    // version the head describes), finish from that copy;
+                    // else the promised length cannot be kept.
+                    if entry.body.is_some() {
+                        let rest = *off as usize;
+                        let e = entry.clone();
+                        c.out.clear();
+                        c.pending = Pending::Out {
+                            off: rest,
+                            body: Body::Mem(e),
+                        };
+                        continue;
+                    }
                     return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
                 }
-                c.pending = if o < end {
-                    Pending::File { entry, off: o, end }
+                if o < *end {
+                    *off = o;
                 } else {
-                    Pending::None
-                };
+                    c.pending = Pending::None;
+                }
             }
+        }
+    }
+}
+
+/// `sendmsg(2)` of several slices without SIGPIPE; `Ok(None)` when it
+/// would block.
+fn sendv(s: &TcpStream, bufs: &[&[u8]; 2]) -> io::Result<Option<usize>> {
+    let iov = [IoSlice::new(bufs[0]), IoSlice::new(bufs[1])];
+    // SAFETY: all-zero is a valid msghdr (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // IoSlice is ABI-compatible with iovec.
+    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = iov.len();
+    loop {
+        // SAFETY: `msg` points at `iov`, whose slices are valid for reads
+        // for the duration of the call.
+        let n = unsafe { libc::sendmsg(s.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock => return Ok(None),
+            io::ErrorKind::Interrupted => continue,
+            _ => return Err(e),
         }
     }
 }

@@ -1,7 +1,10 @@
 //! evserver against real clients nobody here wrote (curl, Python's
-//! http.client) and raw sockets: 200, HEAD, 304, 404, 405, keep-alive,
-//! pipelining, traversal refused, slowloris closed, fd exhaustion
-//! survived, SIGTERM exits. Runs the built example binary on each backend.
+//! http.client) and raw sockets: 200, HEAD, 304, 404, 405, keep-alive
+//! (HTTP/1.1 and HTTP/1.0's `Connection: keep-alive`), pipelining,
+//! `--sendfile on`, `--threads 2`, edited files revalidated, traversal
+//! refused, slowloris answered 408 and closed, fd exhaustion survived and
+//! counted, SIGINT/SIGTERM drain (a slow reader's response completes), a
+//! busy port refused. Runs the built example binary on each backend.
 
 #[macro_use]
 mod util;
@@ -20,6 +23,55 @@ struct Server {
     port: u16,
 }
 
+impl Server {
+    /// SIGINT, wait (at most `within`) for the exit; its status and the
+    /// stderr (servers started with `start_loud`).
+    #[track_caller]
+    fn stop(mut self, within: Duration) -> (std::process::ExitStatus, String) {
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let st = wait_exit(&mut self.child, within);
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        (st, err)
+    }
+}
+
+/// Wait for a child's exit, failing the test after `within`.
+#[track_caller]
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let t = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if t.elapsed() > within {
+            let _ = child.kill();
+            panic!("no exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A number in the server's `done:` line: the word before `what`.
+#[track_caller]
+fn stat(stderr: &str, what: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("evserver: done:"))
+        .unwrap_or_else(|| panic!("no done line in {stderr:?}"));
+    let i = line
+        .find(what)
+        .unwrap_or_else(|| panic!("no {what:?} in {line}"));
+    line[..i]
+        .split_whitespace()
+        .last()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number before {what:?} in {line}"))
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -28,10 +80,14 @@ impl Drop for Server {
 }
 
 fn evserver_bin() -> PathBuf {
+    example_bin("evserver")
+}
+
+fn example_bin(name: &str) -> PathBuf {
     // tests live in target/<profile>/deps; examples in target/<profile>/examples.
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
-    let p = dir.join("examples").join("evserver");
+    let p = dir.join("examples").join(name);
     assert!(
         p.exists(),
         "{} missing: cargo builds examples with the tests",
@@ -48,17 +104,21 @@ fn backend_arg(b: Backend) -> &'static str {
 }
 
 fn start(b: Backend, extra: &[&str]) -> Server {
+    spawn(b, extra, true)
+}
+
+/// A server whose stderr (with its `done:` line) `Server::stop` returns.
+fn start_loud(b: Backend, extra: &[&str]) -> Server {
+    spawn(b, extra, false)
+}
+
+fn spawn(b: Backend, extra: &[&str], quiet: bool) -> Server {
     let mut child = Command::new(evserver_bin())
-        .args([
-            "--addr",
-            "127.0.0.1:0",
-            "--quiet",
-            "--backend",
-            backend_arg(b),
-        ])
+        .args(["--addr", "127.0.0.1:0", "--backend", backend_arg(b)])
+        .args(quiet.then_some("--quiet"))
         .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(if quiet { Stdio::null() } else { Stdio::piped() })
         .spawn()
         .unwrap();
     let mut line = String::new();
@@ -86,6 +146,70 @@ fn raw(s: &Server, req: &[u8]) -> String {
     let mut out = Vec::new();
     let _ = c.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One response read off a keep-alive connection: status line, head, body.
+struct Resp {
+    status: String,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Read one response (head, then `Content-Length` bytes unless `head_only`).
+#[track_caller]
+fn read_resp(r: &mut impl BufRead, head_only: bool) -> Resp {
+    let mut status = String::new();
+    r.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 "), "status line {status:?}");
+    let mut head = String::new();
+    loop {
+        let mut l = String::new();
+        assert!(r.read_line(&mut l).unwrap() > 0, "EOF in head: {head}");
+        if l == "\r\n" {
+            break;
+        }
+        head.push_str(&l);
+    }
+    let mut resp = Resp {
+        status: status.trim().to_string(),
+        head,
+        body: Vec::new(),
+    };
+    let len: usize = resp
+        .header("Content-Length")
+        .map_or(0, |v| v.parse().unwrap());
+    if !head_only {
+        resp.body.resize(len, 0);
+        r.read_exact(&mut resp.body).unwrap();
+    }
+    resp
+}
+
+/// Connect to `s`, with a read timeout.
+fn connect(s: &Server) -> TcpStream {
+    let c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c
+}
+
+/// Whether the peer has closed: the next read returns 0 (not a timeout).
+#[track_caller]
+fn at_eof(r: &mut impl Read) -> bool {
+    let mut b = [0u8; 1];
+    match r.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => panic!("read: {e} (expected data or EOF)"),
+    }
 }
 
 fn index_len() -> usize {
@@ -319,24 +443,40 @@ backend_test!(slowloris_closed_by_idle_timeout, |b: Backend| {
             break;
         }
     }
+    // The 408 then EOF: the server closes gracefully (shut down, input
+    // discarded), so the reply is never lost to a reset.
     let mut out = Vec::new();
-    let _ = c.read_to_end(&mut out);
+    c.read_to_end(&mut out)
+        .expect("a clean EOF after the 408, not a reset or a timeout");
     let took = t.elapsed();
+    assert!(took >= Duration::from_millis(500), "closed early: {took:?}");
     assert!(took < Duration::from_secs(4), "not closed after {took:?}");
     let text = String::from_utf8_lossy(&out);
     assert!(
-        text.is_empty() || text.starts_with("HTTP/1.1 408"),
-        "{text}"
+        text.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{text:?}"
     );
-    // An idle keep-alive connection is closed too.
-    let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut buf = [0u8; 16];
-    assert_eq!(c.read(&mut buf).unwrap_or(0), 0);
+    assert!(text.contains("Connection: close\r\n"), "{text}");
+    // An idle keep-alive connection (one request answered) is closed too,
+    // after the timeout, without a reply.
+    let mut c = connect(&s);
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut r = BufReader::new(c);
+    assert_eq!(read_resp(&mut r, false).status, "HTTP/1.1 200 OK");
+    let t = Instant::now();
+    assert!(at_eof(&mut r), "data after the reply");
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(450), "closed early: {took:?}");
+    assert!(took < Duration::from_secs(4), "not closed after {took:?}");
 });
 
 backend_test!(fd_exhaustion_is_survived, |b: Backend| {
-    let s = start(b, &["--max-fds", "48"]);
+    let d = tempdir_lite::Dir::new();
+    std::fs::write(d.0.join("index.html"), b"index").unwrap();
+    std::fs::write(d.0.join("other.txt"), b"other").unwrap();
+    let s = start_loud(b, &["--max-fds", "48", "--root", d.0.to_str().unwrap()]);
+    // The index is cached (its file open) before the fds run out.
+    assert_eq!(curl(&s, &["http://127.0.0.1:PORT/"]), "index");
     // Hold more connections than the server has descriptors.
     let mut held = Vec::new();
     for _ in 0..80 {
@@ -345,6 +485,41 @@ backend_test!(fd_exhaustion_is_survived, |b: Backend| {
         }
     }
     std::thread::sleep(Duration::from_millis(300));
+    // While out of fds it still serves the connections it holds, and
+    // refused the rest (accepted and reset: no reply).
+    let mut served = Vec::new();
+    let mut refused = 0;
+    for c in &held {
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let _ = (&*c).write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut r = BufReader::new(c);
+        let mut line = String::new();
+        match r.read_line(&mut line) {
+            Ok(n) if n > 0 => {
+                assert_eq!(line, "HTTP/1.1 200 OK\r\n");
+                let mut rest = String::new();
+                while r.read_line(&mut rest).unwrap() > 0 && !rest.ends_with("\r\n\r\n") {}
+                let mut body = [0u8; 5];
+                r.read_exact(&mut body).unwrap();
+                assert_eq!(&body, b"index");
+                served.push(c);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => panic!("no reply, no reset"),
+            _ => refused += 1,
+        }
+    }
+    assert!(
+        !served.is_empty() && refused > 0,
+        "served {}, refused {refused}",
+        served.len()
+    );
+    // A file not cached yet cannot be opened now: 503 (try again), not 404.
+    let c = served[0];
+    (&*c)
+        .write_all(b"GET /other.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let resp = read_resp(&mut BufReader::new(c), false);
+    assert!(resp.status.starts_with("HTTP/1.1 503"), "{}", resp.status);
     let ticks = |pid: u32| -> u64 {
         let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
         let f: Vec<&str> = st[st.rfind(')').unwrap() + 2..]
@@ -359,19 +534,21 @@ backend_test!(fd_exhaustion_is_survived, |b: Backend| {
         spent < 25,
         "server spins while out of fds ({spent} ticks in 0.5 s)"
     );
+    drop(served);
     drop(held);
     std::thread::sleep(Duration::from_millis(300));
-    let r = curl(
-        &s,
-        &[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "http://127.0.0.1:PORT/",
-        ],
+    assert_eq!(
+        curl(&s, &["http://127.0.0.1:PORT/other.txt"]),
+        "other",
+        "server did not recover"
     );
-    assert_eq!(r, "200", "server did not recover");
+    let (st, err) = s.stop(Duration::from_secs(5));
+    assert!(st.success(), "{st:?}: {err}");
+    let counted = stat(&err, "refused");
+    assert!(
+        counted >= refused as u64 && counted > 0,
+        "{counted} refusals counted, {refused} seen: {err}"
+    );
 });
 
 backend_test!(sigterm_exits_cleanly, |b: Backend| {
@@ -402,5 +579,311 @@ backend_test!(sigterm_exits_cleanly, |b: Backend| {
             "no exit after SIGTERM"
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+});
+
+/// A root with `small.txt` (3931 bytes), `big.bin` (2 MiB + 7: past the
+/// body cache, so always by sendfile) and `huge.bin` (16 MiB).
+fn file_root(huge: bool) -> tempdir_lite::Dir {
+    let d = tempdir_lite::Dir::new();
+    let pattern = |n: usize| -> Vec<u8> { (0..n).map(|i| (i * 7 + i / 251) as u8).collect() };
+    std::fs::write(d.0.join("small.txt"), pattern(3931)).unwrap();
+    std::fs::write(d.0.join("big.bin"), pattern((2 << 20) + 7)).unwrap();
+    if huge {
+        std::fs::write(d.0.join("huge.bin"), pattern(16 << 20)).unwrap();
+    }
+    d
+}
+
+backend_test!(sendfile_on_serves_whole_files, |b: Backend| {
+    let d = file_root(false);
+    let root = d.0.to_str().unwrap();
+    for sf in ["on", "off"] {
+        let s = start(b, &["--root", root, "--sendfile", sf]);
+        let c = connect(&s);
+        let mut w = c.try_clone().unwrap();
+        let mut r = BufReader::new(c);
+        // Keep-alive: each file twice, one HEAD between, pipelined.
+        w.write_all(
+            b"GET /small.txt HTTP/1.1\r\nHost: x\r\n\r\n\
+              GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n\
+              HEAD /big.bin HTTP/1.1\r\nHost: x\r\n\r\n\
+              GET /small.txt HTTP/1.1\r\nHost: x\r\n\r\n\
+              GET /big.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        for (path, head) in [
+            ("small.txt", false),
+            ("big.bin", false),
+            ("big.bin", true),
+            ("small.txt", false),
+            ("big.bin", false),
+        ] {
+            let want = std::fs::read(d.0.join(path)).unwrap();
+            let resp = read_resp(&mut r, head);
+            assert_eq!(resp.status, "HTTP/1.1 200 OK", "--sendfile {sf} {path}");
+            assert_eq!(
+                resp.header("Content-Length"),
+                Some(want.len().to_string().as_str())
+            );
+            if !head {
+                assert!(resp.body == want, "--sendfile {sf}: {path} differs");
+            }
+        }
+        assert!(
+            at_eof(&mut r),
+            "--sendfile {sf}: open after Connection: close"
+        );
+        // A real client too.
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "5", "-o", "-"])
+            .arg(format!("http://127.0.0.1:{}/big.bin", s.port))
+            .output()
+            .unwrap();
+        assert!(
+            out.stdout == std::fs::read(d.0.join("big.bin")).unwrap(),
+            "curl: --sendfile {sf}"
+        );
+    }
+});
+
+backend_test!(http10_keep_alive_honoured, |b: Backend| {
+    let s = start(b, &[]);
+    let c = connect(&s);
+    let mut w = c.try_clone().unwrap();
+    let mut r = BufReader::new(c);
+    w.write_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap();
+    let a = read_resp(&mut r, false);
+    assert_eq!(a.status, "HTTP/1.1 200 OK");
+    assert_eq!(a.header("Connection"), Some("keep-alive"), "{}", a.head);
+    assert_eq!(a.body.len(), 3931);
+    // Still open: a second request on it, and a 404 keeps it too.
+    w.write_all(b"GET /nope HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+        .unwrap();
+    let n = read_resp(&mut r, false);
+    assert!(n.status.starts_with("HTTP/1.1 404"), "{}", n.status);
+    assert_eq!(n.header("Connection"), Some("keep-alive"));
+    // Without the header, HTTP/1.0 closes after the reply.
+    w.write_all(b"HEAD / HTTP/1.0\r\n\r\n").unwrap();
+    let h = read_resp(&mut r, true);
+    assert_eq!(h.header("Connection"), Some("close"));
+    assert!(at_eof(&mut r));
+    // curl as an HTTP/1.0 client asking for keep-alive reuses its
+    // connection.
+    let out = curl(
+        &s,
+        &[
+            "--http1.0",
+            "-H",
+            "Connection: keep-alive",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}:%{num_connects} ",
+            "http://127.0.0.1:PORT/",
+            "http://127.0.0.1:PORT/index.html",
+        ],
+    );
+    assert_eq!(out.trim(), "200:1 200:0", "{out}");
+});
+
+backend_test!(edited_file_is_revalidated, |b: Backend| {
+    for sf in ["off", "on"] {
+        let d = tempdir_lite::Dir::new();
+        let f = d.0.join("page.txt");
+        std::fs::write(&f, b"first version of the page").unwrap();
+        let s = start(b, &["--root", d.0.to_str().unwrap(), "--sendfile", sf]);
+        let get = |inm: Option<&str>| {
+            let mut c = connect(&s);
+            let extra = inm.map_or(String::new(), |e| format!("If-None-Match: {e}\r\n"));
+            c.write_all(
+                format!("GET /page.txt HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .unwrap();
+            let mut r = BufReader::new(c);
+            let resp = read_resp(&mut r, false);
+            assert!(at_eof(&mut r));
+            resp
+        };
+        let one = get(None);
+        assert_eq!(one.body, b"first version of the page");
+        let etag1 = one.header("ETag").unwrap().to_string();
+        assert!(get(Some(&etag1)).status.starts_with("HTTP/1.1 304"));
+        // Shrink it in place (same inode): past the revalidation interval
+        // the new body and a new ETag are served, the old ETag is stale.
+        std::fs::write(&f, b"second").unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        let two = get(None);
+        assert_eq!(two.body, b"second", "--sendfile {sf}");
+        let etag2 = two.header("ETag").unwrap().to_string();
+        assert_ne!(etag1, etag2);
+        assert_eq!(get(Some(&etag1)).status, "HTTP/1.1 200 OK");
+        assert!(get(Some(&etag2)).status.starts_with("HTTP/1.1 304"));
+        // Same size, new content (mtime in ns tells them apart).
+        std::fs::write(&f, b"SECOND").unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(get(None).body, b"SECOND", "--sendfile {sf}");
+        // Replaced by rename (new inode), then removed.
+        std::fs::write(d.0.join("new.tmp"), b"third, by rename").unwrap();
+        std::fs::rename(d.0.join("new.tmp"), &f).unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(get(None).body, b"third, by rename");
+        std::fs::remove_file(&f).unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(get(None).status.starts_with("HTTP/1.1 404"));
+        let (st, err) = s.stop(Duration::from_secs(5));
+        assert!(st.success(), "{st:?}: {err}");
+    }
+});
+
+backend_test!(two_threads_both_serve, |b: Backend| {
+    let s = start_loud(b, &["--threads", "2"]);
+    // SO_REUSEPORT spreads connections by their 4-tuple hash: with 64 of
+    // them, one thread getting none has probability 2^-63.
+    for _ in 0..64 {
+        let c = connect(&s);
+        let mut w = c.try_clone().unwrap();
+        let mut r = BufReader::new(c);
+        w.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_resp(&mut r, false).body.len(), 3931);
+    }
+    let (st, err) = s.stop(Duration::from_secs(5));
+    assert!(st.success(), "{st:?}: {err}");
+    let line = err
+        .lines()
+        .find_map(|l| l.split_once("connections per thread: "))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no per-thread counts: {err}"));
+    let per: Vec<u64> = line.split(',').map(|n| n.parse().unwrap()).collect();
+    assert_eq!(per.len(), 2, "{line}");
+    assert_eq!(per.iter().sum::<u64>(), 64, "{line}");
+    assert!(
+        per.iter().all(|&n| n > 0),
+        "a thread served nothing: {line}"
+    );
+});
+
+backend_test!(sigint_completes_slow_readers_response, |b: Backend| {
+    let d = file_root(true);
+    let want = std::fs::read(d.0.join("huge.bin")).unwrap();
+    // By sendfile (past the body cache), and from the cached body.
+    for extra in [&[][..], &["--cache-max", "33554432"][..]] {
+        let mut args = vec!["--root", d.0.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let mut s = start_loud(b, &args);
+        let c = connect(&s);
+        let mut w = c.try_clone().unwrap();
+        w.write_all(b"GET /huge.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut r = BufReader::new(c);
+        let resp = read_resp(&mut r, true);
+        assert_eq!(resp.header("Content-Length"), Some("16777216"));
+        // 16 MiB cannot all sit in the socket buffers (tcp_wmem's max is
+        // 4 MiB; the client's receive buffer does not grow while it does
+        // not read): the server is mid-response when the signal comes.
+        std::thread::sleep(Duration::from_millis(200));
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(s.child.id() as i32, libc::SIGINT) };
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            s.child.try_wait().unwrap().is_none(),
+            "exited with a response in flight"
+        );
+        // Read it all, slowly (64 KiB at a time with pauses).
+        let mut body = Vec::with_capacity(want.len());
+        let mut buf = vec![0u8; 65536];
+        while body.len() < want.len() {
+            let n = r.read(&mut buf).unwrap();
+            assert!(n > 0, "EOF after {} of {} bytes", body.len(), want.len());
+            body.extend_from_slice(&buf[..n]);
+            if body.len() % (1 << 20) < n {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        assert!(body == want, "the body differs ({extra:?})");
+        // Then the server closes the connection and exits cleanly.
+        assert!(at_eof(&mut r), "connection left open while draining");
+        drop(r);
+        drop(w);
+        let st = wait_exit(&mut s.child, Duration::from_secs(3));
+        assert!(st.success(), "{st:?}");
+    }
+});
+
+backend_test!(busy_port_is_refused, |b: Backend| {
+    let s = start(b, &[]);
+    let mut second = Command::new(evserver_bin())
+        .args(["--addr", &format!("127.0.0.1:{}", s.port)])
+        .args(["--backend", backend_arg(b), "--quiet"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let st = wait_exit(&mut second, Duration::from_secs(5));
+    let mut err = String::new();
+    second
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!st.success(), "a second server bound the same port");
+    assert!(err.contains("address in use"), "{err}");
+    // The first one still has all the traffic.
+    assert_eq!(
+        curl(
+            &s,
+            &[
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "http://127.0.0.1:PORT/"
+            ]
+        ),
+        "200"
+    );
+});
+
+backend_test!(absurd_float_arguments_are_clap_errors, |b: Backend| {
+    let ev = |flag: &str, v: &str| {
+        Command::new(evserver_bin())
+            .args([
+                "--backend",
+                backend_arg(b),
+                "--addr",
+                "127.0.0.1:0",
+                flag,
+                v,
+            ])
+            .output()
+            .unwrap()
+    };
+    let load = |flag: &str, v: &str| {
+        Command::new(example_bin("httpload"))
+            .args(["--backend", backend_arg(b), "--port", "9", flag, v])
+            .output()
+            .unwrap()
+    };
+    for v in ["inf", "NaN", "-1", "1e300", "0", "abc"] {
+        for (bin, flag, out) in [
+            ("evserver", "--idle-timeout", ev("--idle-timeout", v)),
+            ("httpload", "--timeout", load("--timeout", v)),
+            ("httpload", "--duration", load("--duration", v)),
+            ("httpload", "--rate", load("--rate", v)),
+        ] {
+            if flag == "--rate" && v == "0" {
+                continue; // 0 is serial mode
+            }
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{bin} {flag} {v}: {err}");
+            assert!(err.contains(flag), "{bin} {flag} {v}: {err}");
+            assert!(!err.contains("panicked"), "{err}");
+        }
     }
 });

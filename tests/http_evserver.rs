@@ -695,12 +695,14 @@ backend_test!(edited_file_is_revalidated, |b: Backend| {
         let d = tempdir_lite::Dir::new();
         let f = d.0.join("page.txt");
         std::fs::write(&f, b"first version of the page").unwrap();
-        let s = start(b, &["--root", d.0.to_str().unwrap(), "--sendfile", sf]);
-        let get = |inm: Option<&str>| {
+        std::fs::create_dir(d.0.join("sub")).unwrap();
+        std::fs::write(d.0.join("sub/index.html"), b"sub index").unwrap();
+        let s = start_loud(b, &["--root", d.0.to_str().unwrap(), "--sendfile", sf]);
+        let get_path = |path: &str, inm: Option<&str>| {
             let mut c = connect(&s);
             let extra = inm.map_or(String::new(), |e| format!("If-None-Match: {e}\r\n"));
             c.write_all(
-                format!("GET /page.txt HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n")
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n")
                     .as_bytes(),
             )
             .unwrap();
@@ -709,6 +711,15 @@ backend_test!(edited_file_is_revalidated, |b: Backend| {
             assert!(at_eof(&mut r));
             resp
         };
+        let get = |inm: Option<&str>| get_path("/page.txt", inm);
+        // A directory by both spellings, across revalidations: one entry,
+        // no reload.
+        for _ in 0..2 {
+            for p in ["/sub", "/sub/", "/sub/index.html"] {
+                assert_eq!(get_path(p, None).body, b"sub index", "{p}");
+            }
+            std::thread::sleep(Duration::from_millis(1100));
+        }
         let one = get(None);
         assert_eq!(one.body, b"first version of the page");
         let etag1 = one.header("ETag").unwrap().to_string();
@@ -737,6 +748,9 @@ backend_test!(edited_file_is_revalidated, |b: Backend| {
         assert!(get(None).status.starts_with("HTTP/1.1 404"));
         let (st, err) = s.stop(Duration::from_secs(5));
         assert!(st.success(), "{st:?}: {err}");
+        // Three changes seen (shrink, same size, rename); the removal
+        // drops the entry.
+        assert_eq!(stat(&err, "files reloaded"), 3, "{err}");
     }
 });
 

@@ -218,25 +218,29 @@ impl Cache {
         self.refresh(norm, is_dir, now)
     }
 
-    /// The slow path: load, or revalidate and maybe reload.
+    /// The slow path: load, or revalidate and maybe reload. `/d` and
+    /// `/d/` share a key (both serve `d/index.html`); a request of the
+    /// other form is checked but does not replace the entry.
     fn refresh(&mut self, norm: &[u8], is_dir: bool, now: u64) -> Lookup {
         let resolved = self.resolve(norm, is_dir);
-        if let Some(s) = self.index.get_mut(norm) {
-            if s.is_dir == is_dir {
-                match resolved {
-                    Some((_, ref m)) if FileId::of(m) == s.entry.id => {
-                        s.checked = now;
-                        return Lookup::Hit(s.entry.clone());
-                    }
-                    None => {
-                        self.index.remove(norm);
-                        return Lookup::NotFound;
-                    }
-                    Some(_) => self.reloads += 1,
+        let full = self.index.len() >= MAX_ENTRIES;
+        match (self.index.get_mut(norm), &resolved) {
+            (Some(s), Some((_, m))) if FileId::of(m) == s.entry.id => {
+                if s.is_dir == is_dir {
+                    s.checked = now;
                 }
+                return Lookup::Hit(s.entry.clone());
             }
-        } else if self.index.len() >= MAX_ENTRIES {
-            return Lookup::Unavailable;
+            (Some(s), None) => {
+                if s.is_dir == is_dir {
+                    self.index.remove(norm);
+                }
+                return Lookup::NotFound;
+            }
+            (Some(_), Some(_)) => self.reloads += 1,
+            (None, _) if full => return Lookup::Unavailable,
+            (None, None) => return Lookup::NotFound,
+            (None, Some(_)) => {}
         }
         let Some((canon, meta)) = resolved else {
             return Lookup::NotFound;

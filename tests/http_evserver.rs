@@ -901,3 +901,30 @@ backend_test!(absurd_float_arguments_are_clap_errors, |b: Backend| {
         }
     }
 });
+
+backend_test!(date_advances_on_keep_alive, |b: Backend| {
+    let s = start(b, &[]);
+    let c = connect(&s);
+    let mut w = c.try_clone().unwrap();
+    let mut r = BufReader::new(c);
+    let mut dates = Vec::new();
+    for i in 0..3 {
+        // GET, HEAD and a Connection: keep-alive variant share the entry.
+        let req: &[u8] = match i {
+            0 => b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            1 => b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n",
+            _ => b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        };
+        w.write_all(req).unwrap();
+        let resp = read_resp(&mut r, i == 1);
+        let d = resp.header("Date").unwrap().to_string();
+        assert_eq!(d.len(), 29, "{d}");
+        assert!(d.ends_with(" GMT"), "{d}");
+        dates.push(d);
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    assert!(
+        dates[0] != dates[1] && dates[1] != dates[2],
+        "Date did not advance: {dates:?}"
+    );
+});

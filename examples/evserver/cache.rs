@@ -1,16 +1,21 @@
 //! The per-thread file cache: for each file served, its response heads
 //! rendered once (one per `Connection` variant, `200` and `304`) and its
-//! body read once (when small). A request copies its head into the
-//! connection's buffer, patches the current `Date` into the copy, and is
-//! served with one `writev` of head and body (or head, then `sendfile`).
+//! body read once (when small), right after the keep-alive `200` head in
+//! one buffer: the common response (HTTP/1.1 keep-alive, `GET` or `HEAD`)
+//! is one `send` of a slice of it. The other variants copy their head
+//! into the connection's buffer with the current `Date` and send it with
+//! the same body in one `sendmsg`; `--sendfile` sends a head, then the
+//! file.
 //!
-//! Entries are immutable and shared (`Arc`) with the responses in flight,
-//! so reloading a changed file never changes bytes a connection is still
-//! sending. Each entry is revalidated at most once a second — on the first
-//! request for it in a new second of the cache's clock: its path is
-//! resolved again (the root check included) and stat'ed, and a change of
-//! inode, device, size or mtime (ns) reloads it; a file gone is dropped.
-//! In steady state that is no syscall per request.
+//! Entries are shared (`Arc`) with the responses in flight and never
+//! change under them: reloading a changed file makes a new entry, and the
+//! once-a-second `Date` of the keep-alive head is patched in place only
+//! when no response holds the entry (else on a copy). Each entry is
+//! revalidated at most once a second — on the first request for it in a
+//! new second of the cache's clock: its path is resolved again (the root
+//! check included) and stat'ed, and a change of inode, device, size or
+//! mtime (ns) reloads it; a file gone is dropped. In steady state that is
+//! no syscall per request.
 
 use crate::http::{content_type, http_date, DATE_LEN};
 use std::collections::HashMap;
@@ -39,9 +44,16 @@ pub(crate) enum ConnHdr {
     KeepAlive = 2,
 }
 
-/// A cached file: immutable once loaded.
-#[derive(Debug)]
+/// A cached file (immutable while shared, but for the `Date` in `ka`).
+#[derive(Debug, Clone)]
 pub(crate) struct Entry {
+    /// The keep-alive `200` head (no `Connection` header), then the body
+    /// if it is cached: the hot path's one buffer.
+    pub(crate) ka: Box<[u8]>,
+    /// Where the head ends in `ka`.
+    pub(crate) ka_head: usize,
+    /// The second whose `Date` `ka` carries.
+    stamped: u64,
     /// The `200` heads, by [`ConnHdr`].
     pub(crate) ok: [Box<[u8]>; 3],
     /// The `304` heads, by [`ConnHdr`].
@@ -53,10 +65,10 @@ pub(crate) struct Entry {
     pub(crate) etag: Box<[u8]>,
     pub(crate) last_modified: [u8; DATE_LEN],
     pub(crate) len: u64,
-    /// The body, if small enough to keep.
-    pub(crate) body: Option<Box<[u8]>>,
+    /// Whether the body is cached (in `ka`, after the head).
+    pub(crate) body_cached: bool,
     /// Open file, for `sendfile`.
-    pub(crate) file: File,
+    pub(crate) file: Arc<File>,
     id: FileId,
 }
 
@@ -229,6 +241,11 @@ impl Cache {
                 if s.is_dir == is_dir {
                     s.checked = now;
                 }
+                if s.entry.stamped != now {
+                    // In place if no response holds it, else on a copy:
+                    // bytes in flight never change.
+                    Arc::make_mut(&mut s.entry).stamp(now, &self.date);
+                }
                 return Lookup::Hit(s.entry.clone());
             }
             (Some(s), None) => {
@@ -246,7 +263,8 @@ impl Cache {
             return Lookup::NotFound;
         };
         match load(&canon, &meta, self.body_max) {
-            Ok(Some(e)) => {
+            Ok(Some(mut e)) => {
+                e.stamp(now, &self.date);
                 let entry = Arc::new(e);
                 self.index.insert(
                     norm.into(),
@@ -319,16 +337,18 @@ fn load(canon: &Path, meta: &std::fs::Metadata, body_max: u64) -> io::Result<Opt
     http_date(mtime, &mut lm);
     let etag = format!("\"{len:x}-{:x}\"", id.mtime_ns.max(0)).into_bytes();
     let ctype = content_type(canon.as_os_str().as_bytes());
-    let body = if len <= body_max {
-        let mut b = Vec::with_capacity(len as usize);
-        (&mut file).take(len + 1).read_to_end(&mut b)?;
-        if b.len() as u64 != len {
+    let (head, off) = render(200, ctype, len, &lm, &etag, ConnHdr::None);
+    let ka_head = head.len();
+    let mut ka = head.into_vec();
+    let body_cached = len <= body_max;
+    if body_cached {
+        ka.reserve_exact(len as usize);
+        (&mut file).take(len + 1).read_to_end(&mut ka)?;
+        if ka.len() as u64 != ka_head as u64 + len {
             return Ok(None);
         }
-        Some(b.into_boxed_slice())
-    } else {
-        None
-    };
+    }
+    debug_assert_eq!(off, ok_date_of(&ka));
     let mk = |code: u16| {
         let mut off = 0;
         let heads = [ConnHdr::None, ConnHdr::Close, ConnHdr::KeepAlive].map(|conn| {
@@ -341,6 +361,9 @@ fn load(canon: &Path, meta: &std::fs::Metadata, body_max: u64) -> io::Result<Opt
     let (ok, ok_date) = mk(200);
     let (not_modified, nm_date) = mk(304);
     Ok(Some(Entry {
+        ka_head,
+        ka: ka.into_boxed_slice(),
+        stamped: u64::MAX,
         ok,
         not_modified,
         ok_date,
@@ -348,13 +371,31 @@ fn load(canon: &Path, meta: &std::fs::Metadata, body_max: u64) -> io::Result<Opt
         etag: etag.into_boxed_slice(),
         last_modified: lm,
         len,
-        body,
-        file,
+        body_cached,
+        file: Arc::new(file),
         id,
     }))
 }
 
+/// Where `Date: ` ends in a rendered head (debug check of `render`).
+fn ok_date_of(h: &[u8]) -> usize {
+    h.windows(6)
+        .position(|w| w == b"Date: ")
+        .map_or(0, |p| p + 6)
+}
+
 impl Entry {
+    /// The cached body, if any.
+    pub(crate) fn body(&self) -> Option<&[u8]> {
+        self.body_cached.then(|| &self.ka[self.ka_head..])
+    }
+
+    /// Put the `Date` of second `secs` into the keep-alive head.
+    fn stamp(&mut self, secs: u64, date: &[u8; DATE_LEN]) {
+        self.ka[self.ok_date..self.ok_date + DATE_LEN].copy_from_slice(date);
+        self.stamped = secs;
+    }
+
     /// Append the head for a response (`304` if `not_modified`) with the
     /// `Connection` variant `conn` to `out`, with the current `date`.
     /// Returns the head's length.

@@ -164,6 +164,14 @@ struct Stats {
 #[derive(Debug)]
 enum Pending {
     None,
+    /// The hot path: `entry.ka[off..end]` (keep-alive head, and the body
+    /// unless `then_file`), then the file by `sendfile` if `then_file`.
+    Whole {
+        entry: Arc<Entry>,
+        off: usize,
+        end: usize,
+        then_file: bool,
+    },
     /// The connection's `out` (a head, or a whole error response) from
     /// `off`, then the body: `off` counts over `out` followed by it.
     Out {
@@ -927,14 +935,30 @@ impl Worker {
         };
         consume(c, head_len);
         c.close_after = close;
+        let by_file = !head && e.len > 0 && (!e.body_cached || self.sendfile);
+        if !not_modified && conn == ConnHdr::None {
+            // One slice of the entry's buffer (its Date is this second's).
+            let end = if head || by_file {
+                e.ka_head
+            } else {
+                e.ka.len()
+            };
+            c.pending = Pending::Whole {
+                entry: e,
+                off: 0,
+                end,
+                then_file: by_file,
+            };
+            return Step::Responded;
+        }
         c.out.clear();
         e.head_into(not_modified, conn, date, &mut c.out);
         let body = if not_modified || head || e.len == 0 {
             Body::None
-        } else if e.body.is_some() && !self.sendfile {
-            Body::Mem(e)
-        } else {
+        } else if by_file {
             Body::File(e)
+        } else {
+            Body::Mem(e)
         };
         c.pending = Pending::Out { off: 0, body };
         Step::Responded
@@ -1007,11 +1031,36 @@ fn flush(c: &mut Conn) -> io::Result<bool> {
     loop {
         match &mut c.pending {
             Pending::None => return Ok(true),
+            Pending::Whole {
+                entry,
+                off,
+                end,
+                then_file,
+            } => {
+                let flags = if *then_file { libc::MSG_MORE } else { 0 };
+                let Some(n) = send(&c.stream, &entry.ka[*off..*end], flags)? else {
+                    return Ok(false);
+                };
+                *off += n;
+                if *off < *end {
+                    continue;
+                }
+                c.pending = if *then_file {
+                    let end = entry.len as i64;
+                    Pending::File {
+                        entry: entry.clone(),
+                        off: 0,
+                        end,
+                    }
+                } else {
+                    Pending::None
+                };
+            }
             Pending::Out { off, body } => {
                 let head = c.out.len();
                 let n = match body {
                     Body::Mem(e) => {
-                        let b = e.body.as_deref().unwrap_or(&[]);
+                        let b = e.body().unwrap_or(&[]);
                         if *off < head {
                             sendv(&c.stream, &[&c.out[*off..], b])?
                         } else {
@@ -1025,7 +1074,7 @@ fn flush(c: &mut Conn) -> io::Result<bool> {
                 *off += n;
                 let total = head
                     + match body {
-                        Body::Mem(e) => e.body.as_deref().map_or(0, <[u8]>::len),
+                        Body::Mem(e) => e.body().map_or(0, <[u8]>::len),
                         _ => 0,
                     };
                 if *off < total {
@@ -1064,7 +1113,7 @@ fn flush(c: &mut Conn) -> io::Result<bool> {
                     // The file shrank under us. If its body is cached (the
                     // version the head describes), finish from that copy;
                     // else the promised length cannot be kept.
-                    if entry.body.is_some() {
+                    if entry.body_cached {
                         let rest = *off as usize;
                         let e = entry.clone();
                         c.out.clear();

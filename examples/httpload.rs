@@ -45,7 +45,7 @@ struct Args {
     #[arg(long, default_value = "/")]
     uri: String,
     /// New connections per second (0: one after another).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, allow_negative_numbers = true, default_value = "0", value_parser = parse_rate)]
     rate: f64,
     /// Connections to create in total (open loop).
     #[arg(long, default_value_t = 1)]
@@ -54,15 +54,15 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     num_calls: u64,
     /// Seconds to wait for the server (connect or reply) before giving up.
-    #[arg(long, default_value_t = 5.0)]
-    timeout: f64,
+    #[arg(long, allow_negative_numbers = true, default_value = "5", value_parser = parse_secs)]
+    timeout: Duration,
     /// Closed-loop keep-alive mode: this many connections re-requesting
     /// back to back for `--duration` seconds (replaces the open loop).
     #[arg(long)]
     concurrency: Option<usize>,
     /// Seconds to run the closed loop.
-    #[arg(long, default_value_t = 5.0)]
-    duration: f64,
+    #[arg(long, allow_negative_numbers = true, default_value = "5", value_parser = parse_secs)]
+    duration: Duration,
     /// Close with SO_LINGER 0 (RST): leaves no TIME_WAIT on the client.
     #[arg(long)]
     linger0: bool,
@@ -71,11 +71,40 @@ struct Args {
     backend: String,
     /// Client threads, one queue each, sharing `--rate`, `--num-conns` and
     /// `--concurrency` (the serial mode, `--rate 0`, always uses one).
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: u16,
     /// Print one JSON object instead of the httperf report.
     #[arg(long)]
     json: bool,
+}
+
+/// A duration in seconds (fractions allowed): finite, > 0, at most a day.
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("{s:?} is not a number of seconds: {e}"))?;
+    let d = Duration::try_from_secs_f64(v)
+        .map_err(|_| format!("{s:?}: seconds must be finite and not negative"))?;
+    if d.is_zero() || d > Duration::from_secs(86_400) {
+        return Err(format!("{s:?}: seconds must be > 0 and at most a day"));
+    }
+    Ok(d)
+}
+
+/// Connections per second: finite, 0 (serial) or 0.01 to 10 million.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("{s:?} is not a rate: {e}"))?;
+    if v == 0.0 || (0.01..=10_000_000.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{s:?}: the rate must be 0 (one connection after another) or 0.01 to 10000000 per second"
+        ))
+    }
 }
 
 const RBUF: usize = 16384;
@@ -209,7 +238,7 @@ fn run(args: Args) -> io::Result<()> {
     )
     .into_bytes();
     let serial = args.concurrency.is_none() && args.rate <= 0.0;
-    let threads = if serial { 1 } else { args.threads.max(1) };
+    let threads = if serial { 1 } else { usize::from(args.threads) };
     let split = |n: u64, i: usize| n / threads as u64 + u64::from((i as u64) < n % threads as u64);
     let mut loads = Vec::with_capacity(threads);
     for i in 0..threads {
@@ -253,7 +282,7 @@ impl Load {
     fn new(args: Args, kq: Arc<Kqueue>, addr: SocketAddr, request: Vec<u8>) -> Load {
         let now = Instant::now();
         Load {
-            timeout: Duration::from_secs_f64(args.timeout.max(0.001)),
+            timeout: args.timeout,
             args,
             kq,
             addr,
@@ -338,7 +367,7 @@ impl Load {
 
     fn drive(&mut self, t0: Instant) -> io::Result<()> {
         let mut events = vec![Kevent::default(); 512];
-        let end = t0 + Duration::from_secs_f64(self.args.duration.max(0.01));
+        let end = t0 + self.args.duration;
         let total = self.args.num_conns;
         let mut next_sweep = t0 + Duration::from_millis(20);
         if let Some(c) = self.args.concurrency {
@@ -386,8 +415,13 @@ impl Load {
             if self.closed_loop() {
                 wake = wake.min(end);
             } else if self.args.rate > 0.0 && self.created < total {
-                let at = t0 + Duration::from_secs_f64(self.created as f64 / self.args.rate);
-                wake = wake.min(at);
+                // `rate` is at least 0.01/s and `created` bounded: finite.
+                let at = Duration::try_from_secs_f64(self.created as f64 / self.args.rate)
+                    .ok()
+                    .and_then(|d| t0.checked_add(d));
+                if let Some(at) = at {
+                    wake = wake.min(at);
+                }
             }
             let timeout = wake.saturating_duration_since(Instant::now());
             let n = match self.kq.kevent(&[], &mut events, Some(timeout)) {
@@ -773,7 +807,7 @@ impl Load {
         }
         println!(
             "httpload --timeout={} --server={} --port={} --uri={} --rate={} --num-conns={} --num-calls={}{}",
-            a.timeout,
+            a.timeout.as_secs_f64(),
             a.server,
             a.port,
             a.uri,
@@ -781,7 +815,7 @@ impl Load {
             a.num_conns,
             a.num_calls,
             a.concurrency
-                .map_or(String::new(), |c| format!(" --concurrency={c} --duration={}", a.duration))
+                .map_or(String::new(), |c| format!(" --concurrency={c} --duration={}", a.duration.as_secs_f64()))
         );
         println!();
         println!(

@@ -81,7 +81,21 @@ backend_test!(stream_write_data_is_send_space, |b: Backend| {
     let e = expect_event(&kq, fd, Filter::Write);
     assert!(e.data > 0, "send space {}", e.data);
     assert_eq!(e.udata, 9);
-    // Fill the socket; a WRITE with a LOWAT above what is free stays quiet.
+    // A level WRITE whose LOWAT is above the send space stays quiet...
+    s.register(
+        &kq,
+        Interest::WRITE,
+        KnoteOpts::level(9).with_lowat(1 << 30),
+    )
+    .unwrap();
+    expect_none(&kq, fd, Filter::Write);
+    // ...while the same knote with a LOWAT the space meets fires: the
+    // silence was the LOWAT, not a dead knote.
+    s.register(&kq, Interest::WRITE, KnoteOpts::level(9).with_lowat(1024))
+        .unwrap();
+    let e = expect_event(&kq, fd, Filter::Write);
+    assert!(e.data >= 1024, "send space {} below the LOWAT", e.data);
+    // Filled, a huge LOWAT is quiet again.
     let n = fill(&s);
     assert!(n > 0);
     s.register(
@@ -90,6 +104,7 @@ backend_test!(stream_write_data_is_send_space, |b: Backend| {
         KnoteOpts::level(9).with_lowat(1 << 30),
     )
     .unwrap();
+    expect_none(&kq, fd, Filter::Write);
 });
 
 backend_test!(read_lowat_per_knote, |b: Backend| {
@@ -128,18 +143,33 @@ backend_test!(drop_deletes_knotes, |b: Backend| {
     let (mut s, mut c, _l) = connected(&kq);
     s.register(&kq, Interest::BOTH, KnoteOpts::level(1))
         .unwrap();
-    let fd = s.as_raw_fd() as u64;
+    let raw = s.as_raw_fd();
+    let fd = raw as u64;
     c.write_all(b"x").unwrap();
     expect_event(&kq, fd, Filter::Read);
+    // Keep the socket's open file past the drop, then put it back on the
+    // same number: had the drop left its knotes, they would still be
+    // there for this (same file, same number) and DELETE would succeed.
+    // SAFETY: dup of an open fd; the copy is closed below.
+    let keep = unsafe { libc::dup(raw) };
+    assert!(keep >= 0);
     drop(s);
-    // The knotes are gone: deleting them again is ENOENT.
-    let r = kq.kevent(
-        &[Kevent::new(fd, Filter::Read, Flags::DELETE, 0, 0, 0)],
-        &mut [],
-        None,
-    );
-    assert!(r.is_err(), "knote survived the drop");
-    let _ = kq.kevent(&[], &mut [Kevent::default(); 8], Some(Duration::ZERO));
+    // SAFETY: `keep` is open; `raw` is free again (closed by the drop).
+    assert_eq!(unsafe { libc::dup2(keep, raw) }, raw);
+    for f in [Filter::Read, Filter::Write] {
+        let e = kq
+            .kevent(&[Kevent::new(fd, f, Flags::DELETE, 0, 0, 0)], &mut [], None)
+            .expect_err("knote survived the drop");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{f:?}: {e}");
+    }
+    // And no stale event for the number either.
+    c.write_all(b"y").unwrap();
+    expect_none(&kq, fd, Filter::Read);
+    // SAFETY: both are our fds, closed once.
+    unsafe {
+        libc::close(raw);
+        libc::close(keep);
+    }
 });
 
 backend_test!(register_in_two_queues_is_refused, |b: Backend| {

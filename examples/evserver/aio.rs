@@ -3,56 +3,57 @@
 //! `aio_recv`, `aio_send`, `aio_sendfile`.
 //!
 //! Per worker thread: one queue holding an [`Aio`] storage, one multishot
-//! accept on its `SO_REUSEPORT` listener, and per connection one pooled
-//! multishot receive plus at most one send (or sendfile) in flight. On
-//! io_uring those are real ring ops submitted with the wait (multishot
-//! `ACCEPT`, `RECV` from the provided-buffer ring, `SEND`, `SPLICE`); on
-//! epoll the same API runs on readiness.
+//! accept on its listener, and per connection one pooled multishot
+//! receive plus at most one send (or sendfile) in flight. On io_uring
+//! those are real ring ops submitted with the wait (multishot `ACCEPT`,
+//! `RECV` from the provided-buffer ring, `SEND`, `SPLICE`); on epoll the
+//! same API runs on readiness.
 //!
-//! The HTTP behaviour is readiness mode's (same parser limits, the same
-//! cached renderings from `cache.rs`, `http.rs` helpers and error
-//! responses): keep-alive, pipelining (every complete request buffered is
-//! answered in one send), GET/HEAD, 304, 400/404/405/408/413/414/431,
-//! idle connections closed by a `Filter::Timer` sweep, SIGINT/SIGTERM
-//! through `Filter::Signal`, and `EMFILE` survived without spinning (see
-//! `Worker::accepted`: the reserve fd gives the re-armed accept a slot to
-//! wait with; connections that cannot be served are refused with RST and
-//! counted).
+//! The HTTP behaviour is readiness mode's: requests go through the same
+//! [`Responder`](crate::request::Responder) (parser, limits, cache,
+//! answers), the same worker skeleton (`worker.rs`: idle sweep, 408 then
+//! a graceful close, SIGINT/SIGTERM drain, the exit line) and the same
+//! refusal of connections when out of descriptors. Only the I/O differs:
 //!
-//! Buffers: receive chunks arrive in pool buffers and are copied into the
-//! connection's request buffer, then given back at once; each response
-//! batch is copied from the cache into the connection's own send buffer
-//! (the cache's `Date` is patched in place every second, so a send must
-//! not borrow it). Bodies larger than `COPY_MAX`, and all bodies with
-//! `--sendfile on`, go by sendfile from the cached open file. Connection
-//! slots, request and send buffers are recycled: after warm-up a request
-//! allocates nothing.
+//! - Receive chunks arrive in pool buffers and are copied into the
+//!   connection's request buffer, then given back at once. Every complete
+//!   request buffered is answered into one send buffer (pipelining: one
+//!   send per batch); the hot path's slice of the cache entry, a head and
+//!   a cached body are copied into it (a send owns its buffer). Bodies
+//!   larger than `COPY_MAX`, all bodies with `--sendfile on`, and bodies
+//!   not cached go by sendfile from the entry's open file, the entry
+//!   (`Arc`) held until the op ends: a revalidation that replaces it
+//!   changes nothing in flight, and a file that shrank under the sendfile
+//!   finishes from the cached body (the version the head describes), or
+//!   the connection closes.
+//! - Out of descriptors the multishot accept ends with `EMFILE`. Re-arming
+//!   it would fail at once (the kernel allocates the fd before it looks at
+//!   the backlog), so instead the waiting connections are refused with the
+//!   reserve fd, as readiness mode does, and a `READ` knote on a second
+//!   descriptor of the listener (which needs no free fd to wait) says when
+//!   the next one arrives; then the accept is re-armed. While waiting, the
+//!   reserve is held: a file not cached yet is answered 503, as in
+//!   readiness mode.
+//! - A client that pipelines without reading its answers has its receive
+//!   cancelled once `PAUSE_AT` bytes of requests wait, and resumed when
+//!   they drained.
 //!
-//! Closing a connection: `shutdown(2)` both ways, which ends its receive
-//! (end of file) and any send in flight; the fd is closed once both ops
-//! reported their final results (on io_uring the kernel holds the socket
-//! until then).
+//! Connection slots, request and send buffers are recycled: after warm-up
+//! a request allocates nothing. Closing a connection: `shutdown(2)` both
+//! ways, which ends its receive (end of file) and any send in flight; the
+//! fd is closed once both ops reported their final results (on io_uring
+//! the kernel holds the socket until then).
 
-use super::cache::{Cache, Lookup};
-use super::http;
-use super::{add_change, render_error, unix_secs, Args, OnOff, Stats};
-use super::{DRAIN, MAX_HEADERS, MAX_TARGET, RBUF, STOP_IDENT, TIMER_IDENT};
+use crate::cache::{ConnHdr, Entry};
+use crate::request::{render_error, Body, Reply, RBUF};
+use crate::worker::{self, Base, Config, Mode, Refusal, ACCEPT_PAUSE, U_LISTENER};
 use kevent::kevent_net::aio::Aio;
 use kevent::kevent_net::TcpListener;
 use kevent::{Backend, Filter, Flags, Kevent, Kqueue};
-use std::fs::File;
-use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-// udata tags (top bit set); a connection's ops carry `gen << 32 | slot`.
-const TAG: u64 = 1 << 63;
-const U_ACCEPT: u64 = TAG | 1;
-const U_TIMER: u64 = TAG | 2;
-const U_SIGNAL: u64 = TAG | 3;
-const U_STOP: u64 = TAG | 4;
+use std::time::Instant;
 
 /// Pool of receive buffers per worker (2 MiB).
 const POOL_BUFS: u16 = 1024;
@@ -60,30 +61,43 @@ const POOL_BUF: u32 = 2048;
 /// Cached bodies up to this size are copied into the send buffer; larger
 /// ones go by sendfile.
 const COPY_MAX: u64 = 64 << 10;
-/// Stop batching pipelined responses into one send past this size.
+/// Stop batching pipelined responses into one send past this size (and
+/// the chunk of a cached body finishing a shrunk file).
 const BATCH_MAX: usize = 64 << 10;
 /// Request bytes buffered past which the receive is paused (a client that
 /// pipelines without reading its responses).
 const PAUSE_AT: usize = 4 * RBUF;
-/// Retry delay of an accept that failed for want of resources.
-const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// Connections refused in one go when out of descriptors.
+const REFUSE_BATCH: usize = 4096;
+
+/// What follows the send in flight.
+#[derive(Debug)]
+enum Then {
+    None,
+    /// Sendfile this entry's body.
+    File(Arc<Entry>),
+    /// Send this entry's cached body from this offset (a shrunk file's
+    /// sendfile fell short there).
+    Tail(Arc<Entry>, usize),
+}
 
 #[derive(Debug)]
-struct Conn {
+pub(crate) struct Conn {
     fd: OwnedFd,
     gen: u32,
     /// The pooled receive, until its final result.
     recv_op: Option<u64>,
     /// The send or sendfile in flight.
     send_op: Option<u64>,
-    /// Bytes it must move (anything less is a broken connection).
+    /// Bytes it must move (anything less: an error, or a shrunk file).
     send_len: i64,
+    /// The entry whose file the sendfile in flight sends.
+    sending: Option<Arc<Entry>>,
+    then: Then,
     /// Request bytes received and not yet answered.
     rbuf: Vec<u8>,
     /// The send buffer while no send is in flight.
     out: Option<Vec<u8>>,
-    /// After the head in flight: sendfile this cache entry's body.
-    file_next: Option<u32>,
     /// Close once the responses queued are out.
     close_after: bool,
     /// Write side shut: input is discarded until the peer's EOF.
@@ -98,405 +112,190 @@ struct Conn {
     req_start: Instant,
 }
 
-struct Worker {
-    kq: Arc<Kqueue>,
+/// A queue with an AIO storage (and its pool), for one worker.
+pub(crate) fn queue(backend: Backend) -> io::Result<(Arc<Kqueue>, Aio)> {
+    let (aio, storage) = Aio::with_pool(POOL_BUFS, POOL_BUF)?;
+    let kq = Kqueue::builder(backend)?.storage(storage).build()?;
+    Ok((Arc::new(kq), aio))
+}
+
+/// One AIO worker: a queue, a listener, its connections.
+#[derive(Debug)]
+pub(crate) struct Worker {
+    base: Base<Conn>,
     aio: Aio,
     listener: Option<TcpListener>,
     accept_op: Option<u64>,
-    accept_at: Option<Instant>,
-    slots: Vec<Option<Conn>>,
-    free: Vec<u32>,
-    live: usize,
-    next_gen: u32,
+    /// A second descriptor of the listener, whose `READ` knote waits for
+    /// a connection while out of fds (armed: `watching`).
+    watch: Option<OwnedFd>,
+    watching: bool,
     spare: Vec<(Vec<u8>, Vec<u8>)>,
-    cache: Cache,
-    /// Shared clones of the cache's open files, for sendfile ops.
-    files: Vec<Option<Arc<File>>>,
-    norm: Vec<u8>,
-    sendfile: bool,
-    idle: Duration,
-    sweep_every: Duration,
-    timer_knote: bool,
-    last_sweep: Instant,
-    reserve: Option<File>,
-    now: Instant,
-    draining: Option<Instant>,
-    others: Vec<Arc<Kqueue>>,
-    stats: Stats,
-}
-
-/// Run the server in AIO mode (the caller parsed the arguments, resolved
-/// the root and blocked SIGINT/SIGTERM).
-pub(crate) fn run(args: &Args, root: PathBuf, backend: Backend) -> io::Result<()> {
-    let threads = args.threads.max(1);
-    let mut queues = Vec::with_capacity(threads);
-    let mut aios = Vec::with_capacity(threads);
-    for _ in 0..threads {
-        let (aio, storage) = Aio::with_pool(POOL_BUFS, POOL_BUF)?;
-        let kq = Kqueue::builder(backend)?.storage(storage).build()?;
-        queues.push(Arc::new(Kqueue::from(kq)));
-        aios.push(aio);
-    }
-    let first = TcpListener::bind_with(args.addr, true, 4096)?;
-    let addr = first.local_addr()?;
-    let mut listeners = vec![first];
-    for _ in 1..threads {
-        listeners.push(TcpListener::bind_with(addr, true, 4096)?);
-    }
-    println!("listening on {addr}");
-    let _ = io::stdout().flush();
-    if !args.quiet {
-        eprintln!(
-            "evserver: {} thread(s), mode aio, backend {:?}, root {}, sendfile {:?}, idle timeout {} s",
-            threads,
-            queues[0].backend(),
-            root.display(),
-            args.sendfile,
-            args.idle_timeout
-        );
-    }
-    let idle = Duration::from_secs_f64(args.idle_timeout.max(0.01));
-    let mut workers = Vec::new();
-    for (i, (l, aio)) in listeners.into_iter().zip(aios).enumerate() {
-        let others = if i == 0 {
-            queues[1..].to_vec()
-        } else {
-            Vec::new()
-        };
-        workers.push(Worker::new(
-            queues[i].clone(),
-            aio,
-            l,
-            root.clone(),
-            args.sendfile == OnOff::On,
-            idle,
-            others,
-            i == 0,
-        )?);
-    }
-    let mut handles = Vec::new();
-    let mut iter = workers.into_iter();
-    let mut w0 = iter.next().expect("one worker");
-    for mut w in iter {
-        handles.push(std::thread::spawn(move || {
-            let r = w.run();
-            (w.stats, r)
-        }));
-    }
-    let r0 = w0.run();
-    let mut total = w0.stats;
-    for h in handles {
-        if let Ok((s, r)) = h.join() {
-            if let Err(e) = r {
-                eprintln!("evserver: worker: {e}");
-            }
-            total.conns += s.conns;
-            total.requests += s.requests;
-            total.refused += s.refused;
-            total.idle_closed += s.idle_closed;
-            total.errors += s.errors;
-        }
-    }
-    if !args.quiet {
-        eprintln!(
-            "evserver: done: {} connections, {} requests, {} error responses, {} idle closed, {} refused (out of fds)",
-            total.conns, total.requests, total.errors, total.idle_closed, total.refused
-        );
-    }
-    r0
-}
-
-/// What answering one buffered request did.
-enum Step {
-    /// A response was appended to the send buffer.
-    Responded,
-    /// The request is not complete yet.
-    NeedMore,
 }
 
 impl Worker {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
+    /// A worker on `kq` (made by [`queue`], with `aio`) accepting on
+    /// `listener`; `signals`: this one takes SIGINT/SIGTERM and tells
+    /// `others`.
+    pub(crate) fn new(
         kq: Arc<Kqueue>,
         aio: Aio,
         listener: TcpListener,
-        root: PathBuf,
-        sendfile: bool,
-        idle: Duration,
+        cfg: &Config,
         others: Vec<Arc<Kqueue>>,
         signals: bool,
     ) -> io::Result<Worker> {
-        // Accepted connections inherit TCP_NODELAY from the listener.
-        let _ = listener.set_nodelay(true);
-        add_change(
-            &kq,
-            Kevent::new(
-                STOP_IDENT,
-                Filter::User,
-                Flags::ADD | Flags::CLEAR,
-                0,
-                0,
-                U_STOP,
-            ),
-        )?;
-        if signals {
-            for s in [libc::SIGINT, libc::SIGTERM] {
-                add_change(
-                    &kq,
-                    Kevent::new(s as u64, Filter::Signal, Flags::ADD, 0, 0, U_SIGNAL),
-                )?;
-            }
-        }
-        let sweep_every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-        let timer_knote = add_change(
-            &kq,
-            Kevent::new(
-                TIMER_IDENT,
-                Filter::Timer,
-                Flags::ADD,
-                kevent::note::MSECONDS,
-                sweep_every.as_millis() as i64,
-                U_TIMER,
-            ),
-        )
-        .is_ok();
-        let accept_op = Some(aio.accept_multi(&kq, listener.as_raw_fd(), U_ACCEPT)?);
-        let now = Instant::now();
+        let base = Base::new(kq, cfg, COPY_MAX, others, signals)?;
+        let accept_op = Some(aio.accept_multi(&base.kq, listener.as_raw_fd(), U_LISTENER)?);
+        let watch = Some(listener.as_fd().try_clone_to_owned()?);
         Ok(Worker {
-            kq,
+            base,
             aio,
             listener: Some(listener),
             accept_op,
-            accept_at: None,
-            slots: Vec::new(),
-            free: Vec::new(),
-            live: 0,
-            next_gen: 0,
+            watch,
+            watching: false,
             spare: Vec::new(),
-            cache: Cache::new(root, unix_secs()),
-            files: Vec::new(),
-            norm: Vec::with_capacity(MAX_TARGET),
-            sendfile,
-            idle,
-            sweep_every,
-            timer_knote,
-            last_sweep: now,
-            reserve: File::open("/dev/null").ok(),
-            now,
-            draining: None,
-            others,
-            stats: Stats::default(),
         })
     }
 
-    fn run(&mut self) -> io::Result<()> {
-        let mut events = vec![Kevent::default(); 256];
-        loop {
-            let mut timeout = if self.timer_knote {
-                None
-            } else {
-                Some((self.last_sweep + self.sweep_every).saturating_duration_since(Instant::now()))
-            };
-            if let Some(p) = self.accept_at {
-                let t = p.saturating_duration_since(Instant::now());
-                timeout = Some(timeout.map_or(t, |x| x.min(t)));
-            }
-            if self.draining.is_some() {
-                let t = Duration::from_millis(50);
-                timeout = Some(timeout.map_or(t, |x| x.min(t)));
-            }
-            let n = match self.kq.kevent(&[], &mut events, timeout) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
-                Err(e) => return Err(e),
-            };
-            self.now = Instant::now();
-            self.cache.tick(unix_secs());
-            for ev in &events[..n] {
-                match ev.udata {
-                    U_ACCEPT => self.accepted(ev.ident),
-                    U_TIMER => self.sweep(),
-                    U_SIGNAL | U_STOP => self.start_drain(ev.udata == U_SIGNAL),
-                    u if u & TAG == 0 && ev.filter == Filter::Aio => self.conn_event(u, ev),
-                    _ => {}
-                }
-            }
-            if !self.timer_knote && self.now >= self.last_sweep + self.sweep_every {
-                self.sweep();
-            }
-            if self.accept_at.is_some_and(|p| self.now >= p) {
-                self.accept_at = None;
-                self.rearm_accept();
-            }
-            if let Some(deadline) = self.draining {
-                if self.live == 0 || self.now >= deadline {
-                    return Ok(());
-                }
-            }
-        }
-    }
-
     fn rearm_accept(&mut self) {
-        if self.draining.is_some() || self.accept_op.is_some() {
+        if self.base.draining.is_some() || self.accept_op.is_some() {
             return;
         }
         let Some(l) = &self.listener else { return };
-        match self.aio.accept_multi(&self.kq, l.as_raw_fd(), U_ACCEPT) {
+        match self
+            .aio
+            .accept_multi(&self.base.kq, l.as_raw_fd(), U_LISTENER)
+        {
             Ok(op) => self.accept_op = Some(op),
-            Err(_) => self.accept_at = Some(self.now + ACCEPT_PAUSE),
+            Err(_) => self.base.resume_at = Some(self.base.now + ACCEPT_PAUSE),
         }
     }
 
     /// Results of the multishot accept.
-    ///
-    /// Out of descriptors the kernel fails an accept before it looks at
-    /// the backlog (the fd is allocated first), so retrying at once would
-    /// spin. Instead the reserve fd is closed and the accept re-armed: it
-    /// now has a slot, so it waits for a connection. A connection arriving
-    /// while the reserve is gone is served if the reserve can be had
-    /// again, else refused (closed with RST, its slot taken back by the
-    /// reserve) and counted.
     fn accepted(&mut self, op: u64) {
         while let Some(r) = self.aio.next_result(op) {
             if r.result >= 0 {
                 // SAFETY: the accept handed us this fd; it is ours alone.
                 let fd = unsafe { OwnedFd::from_raw_fd(r.result as RawFd) };
-                if self.reserve.is_none() {
-                    self.reserve = File::open("/dev/null").ok();
-                    if self.reserve.is_none() {
-                        refuse(fd);
-                        self.stats.refused += 1;
-                        self.reserve = File::open("/dev/null").ok();
-                        continue;
-                    }
-                }
                 self.add_conn(fd);
                 continue;
             }
             // The accept ended.
             self.accept_op = None;
-            let e = -r.result as i32;
-            if self.draining.is_some() {
+            if self.base.draining.is_some() {
                 self.listener = None;
-                continue;
+            } else if matches!(-r.result as i32, libc::EMFILE | libc::ENFILE) {
+                self.out_of_fds();
+            } else {
+                // ENOMEM and the like: try again shortly rather than spin.
+                self.base.resume_at = Some(self.base.now + ACCEPT_PAUSE);
             }
-            if e == libc::ECANCELED {
-                continue;
-            }
-            if matches!(e, libc::EMFILE | libc::ENFILE) {
-                if let Some(reserve) = self.reserve.take() {
-                    drop(reserve);
-                    self.rearm_accept();
-                    continue;
+        }
+    }
+
+    /// The accept ended for want of descriptors: refuse what waits, then
+    /// wait for the next connection on the watch's `READ` knote.
+    fn out_of_fds(&mut self) {
+        let Some(l) = &self.listener else { return };
+        let lfd = l.as_raw_fd();
+        for _ in 0..REFUSE_BATCH {
+            match self.base.reserve.refuse_one(lfd, &mut self.base.stats) {
+                Refusal::Refused => {}
+                Refusal::Empty => break,
+                Refusal::NoReserve => {
+                    self.base.resume_at = Some(self.base.now + ACCEPT_PAUSE);
+                    return;
                 }
             }
-            // No reserve to give up, or another error (ENOMEM, ...): try
-            // again shortly rather than spin.
-            self.accept_at = Some(self.now + ACCEPT_PAUSE);
+        }
+        let armed = self.watch.as_ref().is_some_and(|w| {
+            let ch = Kevent::new(
+                w.as_raw_fd() as u64,
+                Filter::Read,
+                Flags::ADD | Flags::ONESHOT,
+                0,
+                0,
+                U_LISTENER,
+            );
+            worker::add_change(&self.base.kq, ch).is_ok()
+        });
+        self.watching = armed;
+        if !armed {
+            self.base.resume_at = Some(self.base.now + ACCEPT_PAUSE);
         }
     }
 
     fn add_conn(&mut self, fd: OwnedFd) {
-        if self.draining.is_some() {
+        if self.base.draining.is_some() {
             return;
         }
-        let slot = match self.free.pop() {
-            Some(i) => i,
-            None => {
-                self.slots.push(None);
-                (self.slots.len() - 1) as u32
-            }
-        };
-        self.next_gen = self.next_gen.wrapping_add(1);
-        let gen = self.next_gen;
-        let udata = (gen as u64) << 32 | slot as u64;
-        let recv_op = match self.aio.recv_pooled(&self.kq, fd.as_raw_fd(), udata) {
-            Ok(op) => op,
-            Err(_) => {
-                self.free.push(slot);
-                return;
-            }
+        let (slot, gen) = self.base.conns.reserve();
+        let udata = worker::conn_udata(gen, slot);
+        let Ok(recv_op) = self.aio.recv_pooled(&self.base.kq, fd.as_raw_fd(), udata) else {
+            self.base.conns.unreserve(slot);
+            return;
         };
         let (rbuf, out) = self
             .spare
             .pop()
             .unwrap_or_else(|| (Vec::with_capacity(RBUF), Vec::with_capacity(8192)));
-        self.stats.conns += 1;
-        self.live += 1;
-        self.slots[slot as usize] = Some(Conn {
-            fd,
-            gen,
-            recv_op: Some(recv_op),
-            send_op: None,
-            send_len: 0,
-            rbuf,
-            out: Some(out),
-            file_next: None,
-            close_after: false,
-            closing: false,
-            dying: false,
-            peer_eof: false,
-            paused: false,
-            last: self.now,
-            req_start: self.now,
-        });
-    }
-
-    fn conn(&mut self, slot: u32) -> &mut Conn {
-        // Callers hold a slot checked live (conn_event's generation test).
-        self.slots[slot as usize].as_mut().expect("live conn")
-    }
-
-    fn conn_event(&mut self, udata: u64, ev: &Kevent) {
-        let slot = (udata & 0xffff_ffff) as u32;
-        let gen = (udata >> 32) as u32;
-        let (is_recv, is_send) = match self.slots.get(slot as usize) {
-            Some(Some(c)) if c.gen == gen => {
-                (c.recv_op == Some(ev.ident), c.send_op == Some(ev.ident))
-            }
-            _ => return,
-        };
-        if is_recv {
-            self.received(slot, ev.ident);
-        } else if is_send {
-            self.sent(slot, ev.ident, ev.data);
-        }
-        self.maybe_close(slot);
+        self.base.stats.conns += 1;
+        let now = self.base.now;
+        self.base.conns.fill(
+            slot,
+            Conn {
+                fd,
+                gen,
+                recv_op: Some(recv_op),
+                send_op: None,
+                send_len: 0,
+                sending: None,
+                then: Then::None,
+                rbuf,
+                out: Some(out),
+                close_after: false,
+                closing: false,
+                dying: false,
+                peer_eof: false,
+                paused: false,
+                last: now,
+                req_start: now,
+            },
+        );
     }
 
     /// Results of a connection's pooled receive.
     fn received(&mut self, slot: u32, op: u64) {
-        let now = self.now;
+        let now = self.base.now;
         let mut failed = false;
-        {
-            let Worker { aio, slots, .. } = self;
-            let c = slots[slot as usize].as_mut().expect("live conn");
-            while let Some(r) = aio.next_result(op) {
-                match r.buf {
-                    Some(buf) if r.result > 0 => {
-                        c.last = now;
-                        if c.closing || c.dying {
-                            continue;
-                        }
-                        if c.rbuf.is_empty() {
-                            c.req_start = now;
-                        }
-                        c.rbuf.extend_from_slice(&buf);
-                        // `buf` goes back to the pool here.
+        let c = self.base.conns.live_mut(slot);
+        while let Some(r) = self.aio.next_result(op) {
+            match r.buf {
+                Some(buf) if r.result > 0 => {
+                    c.last = now;
+                    if c.closing || c.dying {
+                        continue;
                     }
-                    _ => {
-                        // The receive ended: EOF (0), an error, or our
-                        // cancel (a pause).
-                        c.recv_op = None;
-                        if c.paused && r.result == -(libc::ECANCELED as i64) {
-                            continue;
-                        }
-                        c.paused = false;
-                        if r.result == 0 {
-                            c.peer_eof = true;
-                        } else {
-                            failed = true;
-                        }
+                    if c.rbuf.is_empty() {
+                        c.req_start = now;
+                    }
+                    c.rbuf.extend_from_slice(&buf);
+                    // `buf` goes back to the pool here.
+                }
+                _ => {
+                    // The receive ended: EOF (0), an error, or our cancel
+                    // (a pause).
+                    c.recv_op = None;
+                    if c.paused && r.result == -i64::from(libc::ECANCELED) {
+                        continue;
+                    }
+                    c.paused = false;
+                    if r.result == 0 {
+                        c.peer_eof = true;
+                    } else {
+                        failed = true;
                     }
                 }
             }
@@ -510,112 +309,63 @@ impl Worker {
     /// The send (or sendfile) in flight completed with `data`.
     fn sent(&mut self, slot: u32, op: u64, data: i64) {
         let buf = self.aio.take_buffer(op);
-        let c = self.conn(slot);
+        let draining = self.base.draining.is_some();
+        let c = self.base.conns.live_mut(slot);
         c.send_op = None;
         if let Some(mut b) = buf {
             b.clear();
             c.out = Some(b);
         }
-        if data != c.send_len || c.dying {
-            // An error, or a file that shrank under its sendfile.
-            self.kill(slot);
+        let file = c.sending.take();
+        if c.dying {
             return;
         }
-        if let Some(entry) = c.file_next.take() {
-            self.send_file(slot, entry);
-            return;
+        if data != c.send_len {
+            // An error after some progress, or a file that shrank under
+            // its sendfile. If the body is cached (the version the head
+            // describes), finish from that copy (an error shows again on
+            // that send); else the promised length cannot be kept.
+            match file {
+                Some(e) if e.body_cached && data >= 0 && (data as u64) < e.len => {
+                    c.then = Then::Tail(e, data as usize);
+                }
+                _ => {
+                    self.kill(slot);
+                    return;
+                }
+            }
         }
-        let c = self.conn(slot);
-        if c.close_after {
+        match std::mem::replace(&mut c.then, Then::None) {
+            Then::File(e) => return self.send_file(slot, e),
+            Then::Tail(e, off) => return self.send_tail(slot, e, off),
+            Then::None => {}
+        }
+        // While draining, a connection closes once its response is out
+        // (even one begun before the signal, when keep-alive was
+        // promised).
+        if c.close_after || (draining && c.rbuf.is_empty()) {
             c.close_after = false;
             c.closing = true;
             c.rbuf.clear();
             // SAFETY: shutdown(2) on our own socket fd.
             unsafe { libc::shutdown(c.fd.as_raw_fd(), libc::SHUT_WR) };
+            // Input is discarded until the EOF: a paused receive resumes.
+            self.flow(slot);
             return;
         }
         self.respond_all(slot);
     }
 
-    /// Sendfile the body of cache entry `entry`.
-    fn send_file(&mut self, slot: u32, entry: u32) {
-        let i = entry as usize;
-        if self.files.len() <= i {
-            self.files.resize(i + 1, None);
-        }
-        if self.files[i].is_none() {
-            self.files[i] = self.cache.entries[i].file.try_clone().ok().map(Arc::new);
-        }
-        let len = self.cache.entries[i].len as usize;
-        let Some(file) = self.files[i].clone() else {
-            self.kill(slot);
-            return;
-        };
-        let c = self.slots[slot as usize].as_mut().expect("live conn");
-        let udata = (c.gen as u64) << 32 | slot as u64;
-        match self
-            .aio
-            .sendfile(&self.kq, c.fd.as_raw_fd(), file, 0, len, udata)
-        {
-            Ok(op) => {
-                c.send_op = Some(op);
-                c.send_len = len as i64;
-            }
-            Err(_) => self.kill(slot),
-        }
-    }
-
-    /// Answer the complete requests buffered (when no send is in flight),
-    /// in one send.
-    fn respond_all(&mut self, slot: u32) {
-        let draining = self.draining.is_some();
-        let c = self.conn(slot);
-        if c.send_op.is_some() || c.dying {
-            return;
-        }
-        let Some(mut out) = c.out.take() else { return };
-        out.clear();
-        loop {
-            let c = self.conn(slot);
-            if c.rbuf.is_empty() || c.closing || c.close_after || c.file_next.is_some() {
-                break;
-            }
-            if out.len() >= BATCH_MAX {
-                break;
-            }
-            match self.respond(slot, &mut out, draining) {
-                Step::Responded => {}
-                Step::NeedMore => break,
-            }
-        }
-        let c = self.slots[slot as usize].as_mut().expect("live conn");
-        // Resume a paused receive once the buffer drained.
-        if c.paused && c.recv_op.is_none() && c.rbuf.len() < RBUF {
-            c.paused = false;
-            let udata = (c.gen as u64) << 32 | slot as u64;
-            match self.aio.recv_pooled(&self.kq, c.fd.as_raw_fd(), udata) {
-                Ok(op) => c.recv_op = Some(op),
-                Err(_) => c.dying = true,
-            }
-        } else if !c.paused && c.recv_op.is_some() && c.rbuf.len() > PAUSE_AT {
-            // Too much input ahead of its answers: stop receiving.
-            c.paused = true;
-            if let Some(op) = c.recv_op {
-                let _ = self.aio.cancel(&self.kq, op);
-            }
-        }
-        if out.is_empty() {
-            if let Some(entry) = c.file_next.take() {
-                c.out = Some(out);
-                self.send_file(slot, entry);
-                return;
-            }
+    /// Send `out` (the connection's send buffer), or close on failure.
+    fn submit(&mut self, slot: u32, out: Vec<u8>) {
+        let c = self.base.conns.live_mut(slot);
+        if c.dying {
             c.out = Some(out);
             return;
         }
-        let udata = (c.gen as u64) << 32 | slot as u64;
+        let udata = worker::conn_udata(c.gen, slot);
         let len = out.len() as i64;
-        match self.aio.send(&self.kq, c.fd.as_raw_fd(), out, udata) {
+        match self.aio.send(&self.base.kq, c.fd.as_raw_fd(), out, udata) {
             Ok(op) => {
                 c.send_op = Some(op);
                 c.send_len = len;
@@ -627,128 +377,125 @@ impl Worker {
         }
     }
 
-    /// Parse one request from the buffer and append its response to `out`
-    /// (readiness mode's `respond`, with the same limits and answers).
-    fn respond(&mut self, slot: u32, out: &mut Vec<u8>, draining: bool) -> Step {
-        let c = self.slots[slot as usize].as_mut().expect("live conn");
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        // At most RBUF bytes of head, as readiness mode's buffer.
-        let status = req.parse(&c.rbuf[..c.rbuf.len().min(RBUF)]);
-        let date = self.cache.date();
-        let head_len = match status {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) => {
-                if c.rbuf.len() < RBUF {
-                    return Step::NeedMore;
+    /// Sendfile the body of `e`, holding the entry until the op ends.
+    fn send_file(&mut self, slot: u32, e: Arc<Entry>) {
+        let c = self.base.conns.live_mut(slot);
+        let udata = worker::conn_udata(c.gen, slot);
+        let (file, len) = (e.file.clone(), e.len);
+        match self.aio.sendfile(
+            &self.base.kq,
+            c.fd.as_raw_fd(),
+            file,
+            0,
+            len as usize,
+            udata,
+        ) {
+            Ok(op) => {
+                c.send_op = Some(op);
+                c.send_len = len as i64;
+                c.sending = Some(e);
+            }
+            Err(_) => self.kill(slot),
+        }
+    }
+
+    /// Send the next chunk of `e`'s cached body from `off`.
+    fn send_tail(&mut self, slot: u32, e: Arc<Entry>, off: usize) {
+        let c = self.base.conns.live_mut(slot);
+        let Some(mut out) = c.out.take() else {
+            return self.kill(slot);
+        };
+        out.clear();
+        let body = e.body().unwrap_or(&[]);
+        let end = body.len().min(off + BATCH_MAX);
+        out.extend_from_slice(&body[off.min(end)..end]);
+        if end < body.len() {
+            c.then = Then::Tail(e, end);
+        }
+        self.submit(slot, out);
+    }
+
+    /// Answer the complete requests buffered (when no send is in flight),
+    /// in one send.
+    fn respond_all(&mut self, slot: u32) {
+        let draining = self.base.draining.is_some();
+        let Base {
+            http, stats, conns, ..
+        } = &mut self.base;
+        let c = conns.live_mut(slot);
+        if c.send_op.is_some() || c.dying {
+            return;
+        }
+        let Some(mut out) = c.out.take() else { return };
+        out.clear();
+        while !c.rbuf.is_empty()
+            && !c.closing
+            && !c.close_after
+            && matches!(c.then, Then::None)
+            && out.len() < BATCH_MAX
+        {
+            let Some(a) = http.respond(&c.rbuf, draining, stats, &mut out) else {
+                break;
+            };
+            consume(c, a.consumed);
+            c.close_after = a.close;
+            match a.reply {
+                Reply::Out(Body::None) => {}
+                Reply::Out(Body::Mem(e)) => out.extend_from_slice(e.body().unwrap_or(&[])),
+                Reply::Out(Body::File(e)) => c.then = Then::File(e),
+                Reply::Whole {
+                    entry,
+                    end,
+                    then_file,
+                } => {
+                    out.extend_from_slice(&entry.ka[..end]);
+                    if then_file {
+                        c.then = Then::File(entry);
+                    }
                 }
-                // A full buffer without a complete head.
-                let line_done = c.rbuf[..RBUF].windows(2).any(|w| w == b"\r\n");
-                let code = if line_done { 431 } else { 414 };
-                return error_close(c, out, code, date, &mut self.stats);
-            }
-            Err(httparse::Error::TooManyHeaders) => {
-                return error_close(c, out, 431, date, &mut self.stats)
-            }
-            Err(_) => return error_close(c, out, 400, date, &mut self.stats),
-        };
-        self.stats.requests += 1;
-        let method = req.method.unwrap_or("");
-        let target = req.path.unwrap_or("").as_bytes();
-        let version = req.version.unwrap_or(0);
-        let mut close = version == 0 || draining;
-        let mut inm: Option<&[u8]> = None;
-        let mut ims: Option<&[u8]> = None;
-        let mut body_len = 0u64;
-        let mut chunked = false;
-        for h in req.headers.iter() {
-            let n = h.name.as_bytes();
-            if n.eq_ignore_ascii_case(b"connection") {
-                if http::has_token(h.value, b"close") {
-                    close = true;
-                } else if version == 1 && http::has_token(h.value, b"keep-alive") {
-                    close = draining;
-                }
-            } else if n.eq_ignore_ascii_case(b"if-none-match") {
-                inm = Some(h.value);
-            } else if n.eq_ignore_ascii_case(b"if-modified-since") {
-                ims = Some(h.value);
-            } else if n.eq_ignore_ascii_case(b"content-length") {
-                match http::parse_len(h.value) {
-                    Some(l) => body_len = l,
-                    None => return error_close(c, out, 400, date, &mut self.stats),
-                }
-            } else if n.eq_ignore_ascii_case(b"transfer-encoding") {
-                chunked = true;
             }
         }
-        if chunked || body_len > 0 {
-            // GET and HEAD carry no body here; refuse rather than guess.
-            return error_close(c, out, 413, date, &mut self.stats);
-        }
-        if target.len() > MAX_TARGET {
-            return error_close(c, out, 414, date, &mut self.stats);
-        }
-        let head = method == "HEAD";
-        if method != "GET" && !head {
-            consume(c, head_len);
-            render_error(out, 405, date, close, false);
-            c.close_after = close;
-            self.stats.errors += 1;
-            return Step::Responded;
-        }
-        let var = close as usize;
-        let found = match http::normalise(target, &mut self.norm) {
-            Ok(is_dir) => self.cache.lookup(&self.norm, is_dir),
-            Err(http::PathError::Escape) => Lookup::NotFound,
-            Err(http::PathError::Bad) => return error_close(c, out, 400, date, &mut self.stats),
-        };
-        let date = self.cache.date();
-        let entry = match found {
-            Lookup::Hit(i) => i,
-            Lookup::NotFound | Lookup::Full => {
-                let code = if found == Lookup::Full { 503 } else { 404 };
-                consume(c, head_len);
-                render_error(out, code, date, close, head);
-                c.close_after = close;
-                self.stats.errors += 1;
-                return Step::Responded;
-            }
-        };
-        let e = &self.cache.entries[entry as usize];
-        let not_modified = match (inm, ims) {
-            (Some(v), _) => http::etag_matches(v, &e.etag),
-            (None, Some(v)) => v.trim_ascii() == e.last_modified,
-            _ => false,
-        };
-        consume(c, head_len);
-        c.close_after = close;
-        if not_modified {
-            let r = &e.not_modified[var];
-            out.extend_from_slice(&r.buf[..r.head_len]);
-            return Step::Responded;
-        }
-        let r = &e.resp[var];
-        let by_file = !head && e.len > 0 && (!e.body_cached || self.sendfile || e.len > COPY_MAX);
-        if head || by_file {
-            out.extend_from_slice(&r.buf[..r.head_len]);
+        if !out.is_empty() {
+            self.submit(slot, out);
         } else {
-            out.extend_from_slice(&r.buf);
+            c.out = Some(out);
+            if let Then::File(e) = std::mem::replace(&mut c.then, Then::None) {
+                self.send_file(slot, e);
+            }
         }
-        if by_file {
-            c.file_next = Some(entry);
+        self.flow(slot);
+    }
+
+    /// Pause the receive of a client far ahead of reading its answers;
+    /// resume it once they drained (or the input is being discarded).
+    fn flow(&mut self, slot: u32) {
+        let c = self.base.conns.live_mut(slot);
+        if c.dying {
+            return;
         }
-        Step::Responded
+        if c.paused && c.recv_op.is_none() && c.rbuf.len() < RBUF {
+            c.paused = false;
+            let udata = worker::conn_udata(c.gen, slot);
+            match self.aio.recv_pooled(&self.base.kq, c.fd.as_raw_fd(), udata) {
+                Ok(op) => c.recv_op = Some(op),
+                Err(_) => self.kill(slot),
+            }
+        } else if !c.paused && c.rbuf.len() > PAUSE_AT {
+            if let Some(op) = c.recv_op {
+                c.paused = true;
+                let _ = self.aio.cancel(&self.base.kq, op);
+            }
+        }
     }
 
     /// Shut the connection down both ways; it is closed once its ops end.
     fn kill(&mut self, slot: u32) {
-        let Some(Some(c)) = self.slots.get_mut(slot as usize) else {
+        let Some(c) = self.base.conns.get_mut(slot) else {
             return;
         };
         if !c.dying {
             c.dying = true;
-            c.file_next = None;
+            c.then = Then::None;
             // SAFETY: shutdown(2) on our own socket fd. It ends the
             // receive (EOF) and a send in flight (EPIPE).
             unsafe { libc::shutdown(c.fd.as_raw_fd(), libc::SHUT_RDWR) };
@@ -761,7 +508,7 @@ impl Worker {
     /// Close and free the slot once nothing is in flight and nothing more
     /// is due.
     fn maybe_close(&mut self, slot: u32) {
-        let Some(Some(c)) = self.slots.get(slot as usize) else {
+        let Some(c) = self.base.conns.get(slot) else {
             return;
         };
         if c.send_op.is_some() {
@@ -772,91 +519,113 @@ impl Worker {
             // answered (`respond_all` ran first): go.
             self.kill(slot);
         }
-        let c = self.slots[slot as usize].as_mut().expect("live conn");
+        let c = self.base.conns.live_mut(slot);
         if !c.dying || c.recv_op.is_some() {
             return;
         }
-        if let Some(c) = self.slots[slot as usize].take() {
+        if let Some(c) = self.base.conns.take(slot) {
             let Conn {
                 fd, mut rbuf, out, ..
             } = c;
             drop(fd);
             rbuf.clear();
             self.spare.push((rbuf, out.unwrap_or_default()));
-            self.free.push(slot);
-            self.live -= 1;
+        }
+    }
+}
+
+impl Mode for Worker {
+    type Conn = Conn;
+
+    fn base(&mut self) -> &mut Base<Conn> {
+        &mut self.base
+    }
+
+    fn listener_event(&mut self, ev: &Kevent) {
+        if ev.filter == Filter::Aio {
+            if self.accept_op == Some(ev.ident) {
+                self.accepted(ev.ident);
+            }
+        } else if self.watching {
+            // A connection waits: try the accept again.
+            self.watching = false;
+            self.rearm_accept();
         }
     }
 
-    fn start_drain(&mut self, from_signal: bool) {
-        if self.draining.is_some() {
+    fn conn_event(&mut self, udata: u64, ev: &Kevent) {
+        if ev.filter != Filter::Aio {
             return;
         }
-        if from_signal {
-            for q in &self.others {
-                let _ = q.trigger(STOP_IDENT);
+        let (slot, gen) = worker::split_udata(udata);
+        let (is_recv, is_send) = match self.base.conns.get(slot) {
+            Some(c) if c.gen == gen => (c.recv_op == Some(ev.ident), c.send_op == Some(ev.ident)),
+            _ => return,
+        };
+        if is_recv {
+            self.received(slot, ev.ident);
+        } else if is_send {
+            self.sent(slot, ev.ident, ev.data);
+        }
+        self.maybe_close(slot);
+    }
+
+    fn sweep(&mut self, slot: u32) {
+        let b = &mut self.base;
+        let Some(c) = b.conns.get_mut(slot).filter(|c| !c.dying) else {
+            return;
+        };
+        let waiting_request = !c.rbuf.is_empty() && c.send_op.is_none() && !c.closing;
+        if !worker::expired(b.now, b.idle, waiting_request, c.req_start, c.last) {
+            return;
+        }
+        b.stats.idle_closed += 1;
+        if let (true, Some(mut out)) = (waiting_request, c.out.take()) {
+            // An unfinished request: tell the client (408), then close
+            // gracefully, as readiness mode does — shut our side once it
+            // is out and discard what the client still sends until its
+            // EOF (a close with unread input would reset the connection
+            // and could destroy the 408). The closing state has its own
+            // idle limit.
+            out.clear();
+            render_error(&mut out, 408, b.http.cache.date(), ConnHdr::Close, false);
+            c.rbuf.clear();
+            c.close_after = true;
+            c.last = b.now;
+            self.submit(slot, out);
+            return;
+        }
+        self.kill(slot);
+        self.maybe_close(slot);
+    }
+
+    fn stop_accepting(&mut self) {
+        if let Some(w) = self.watch.take() {
+            if self.watching {
+                let ch = Kevent::new(w.as_raw_fd() as u64, Filter::Read, Flags::DELETE, 0, 0, 0);
+                let _ = worker::add_change(&self.base.kq, ch);
             }
         }
-        self.draining = Some(Instant::now() + DRAIN);
-        self.accept_at = None;
         match self.accept_op {
             // The listener goes once its accept has ended (the kernel
             // holds it until then on io_uring).
             Some(op) => {
-                let _ = self.aio.cancel(&self.kq, op);
+                let _ = self.aio.cancel(&self.base.kq, op);
             }
             None => self.listener = None,
         }
-        for i in 0..self.slots.len() {
-            let idle =
-                matches!(&self.slots[i], Some(c) if c.rbuf.is_empty() && c.send_op.is_none());
-            if idle {
-                self.kill(i as u32);
-                self.maybe_close(i as u32);
-            }
+    }
+
+    fn drain(&mut self, slot: u32) {
+        if matches!(self.base.conns.get(slot), Some(c) if c.rbuf.is_empty() && c.send_op.is_none())
+        {
+            self.kill(slot);
+            self.maybe_close(slot);
         }
     }
 
-    fn sweep(&mut self) {
-        self.last_sweep = self.now;
-        let now = self.now;
-        for i in 0..self.slots.len() {
-            let Some(c) = &mut self.slots[i] else {
-                continue;
-            };
-            if c.dying {
-                continue;
-            }
-            let waiting_request = !c.rbuf.is_empty() && c.send_op.is_none() && !c.closing;
-            let expired = if waiting_request {
-                now.duration_since(c.req_start) >= self.idle
-            } else {
-                now.duration_since(c.last) >= self.idle
-            };
-            if expired {
-                if waiting_request {
-                    // An unfinished request: tell the client (408), best
-                    // effort, then close.
-                    let mut msg = c.out.take().unwrap_or_default();
-                    msg.clear();
-                    render_error(&mut msg, 408, self.cache.date(), true, false);
-                    // SAFETY: `msg` is valid for reads of its length.
-                    unsafe {
-                        libc::send(
-                            c.fd.as_raw_fd(),
-                            msg.as_ptr().cast(),
-                            msg.len(),
-                            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-                        )
-                    };
-                    msg.clear();
-                    c.out = Some(msg);
-                }
-                self.stats.idle_closed += 1;
-                self.kill(i as u32);
-                self.maybe_close(i as u32);
-            }
-        }
+    fn resume(&mut self) {
+        self.rearm_accept();
     }
 }
 
@@ -866,39 +635,4 @@ fn consume(c: &mut Conn, n: usize) {
     if !c.rbuf.is_empty() {
         c.req_start = c.last;
     }
-}
-
-/// Close a connection we cannot serve with RST (`SO_LINGER` 0).
-fn refuse(fd: OwnedFd) {
-    let lg = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a live socket fd and a `linger` of the size passed.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&lg as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    drop(fd);
-}
-
-/// Queue an error response and close after it (the request stream can no
-/// longer be trusted). Unread input is dropped.
-fn error_close(
-    c: &mut Conn,
-    out: &mut Vec<u8>,
-    code: u16,
-    date: &[u8; http::DATE_LEN],
-    stats: &mut Stats,
-) -> Step {
-    stats.errors += 1;
-    c.rbuf.clear();
-    render_error(out, code, date, true, false);
-    c.close_after = true;
-    Step::Responded
 }

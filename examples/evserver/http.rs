@@ -44,6 +44,9 @@ pub(crate) fn http_date(secs: u64, out: &mut [u8; DATE_LEN]) {
     out[25..29].copy_from_slice(b" GMT");
 }
 
+/// Segments a normalised path may have.
+const MAX_DEPTH: usize = 128;
+
 /// Why a request target was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PathError {
@@ -86,40 +89,41 @@ pub(crate) fn normalise(target: &[u8], out: &mut Vec<u8>) -> Result<bool, PathEr
     if let Some(i) = t.iter().position(|&b| b == b'?' || b == b'#') {
         t = &t[..i];
     }
-    // Segment starts in `out`, to pop on `..` (fixed array: no allocation).
-    let mut starts = [0usize; 128];
+    // `out` is `/` then `seg/` per segment kept; `..` pops the last one
+    // (found by scanning back for its `/`: no side array to initialise).
     let mut depth = 0usize;
-    let mut seg_start = 0usize; // start of the current segment in `out`
+    let mut seg_start = 1usize; // start of the current segment in `out`
     let mut dir = true;
     out.push(b'/');
-    seg_start += 1;
     let mut i = 1;
-    let finish_seg = |out: &mut Vec<u8>,
-                      depth: &mut usize,
-                      starts: &mut [usize; 128],
-                      seg_start: usize|
-     -> Result<bool, PathError> {
-        let seg = &out[seg_start..];
-        if seg.is_empty() || seg == b"." {
-            out.truncate(seg_start);
-            return Ok(true);
-        }
-        if seg == b".." {
-            if *depth == 0 {
-                return Err(PathError::Escape);
+    let finish_seg =
+        |out: &mut Vec<u8>, depth: &mut usize, seg_start: usize| -> Result<bool, PathError> {
+            let seg = &out[seg_start..];
+            if seg.is_empty() || seg == b"." {
+                out.truncate(seg_start);
+                return Ok(true);
             }
-            *depth -= 1;
-            out.truncate(starts[*depth]);
-            return Ok(true);
-        }
-        if *depth == starts.len() {
-            return Err(PathError::Bad);
-        }
-        starts[*depth] = seg_start;
-        *depth += 1;
-        out.push(b'/');
-        Ok(false)
-    };
+            if seg == b".." {
+                if *depth == 0 {
+                    return Err(PathError::Escape);
+                }
+                *depth -= 1;
+                // Drop `..` and the segment before it (`prev/`).
+                let prev_end = seg_start - 1; // the '/' ending the previous segment
+                let start = out[..prev_end]
+                    .iter()
+                    .rposition(|&b| b == b'/')
+                    .map_or(1, |p| p + 1);
+                out.truncate(start);
+                return Ok(true);
+            }
+            if *depth == MAX_DEPTH {
+                return Err(PathError::Bad);
+            }
+            *depth += 1;
+            out.push(b'/');
+            Ok(false)
+        };
     while i <= t.len() {
         let b = if i == t.len() { b'/' } else { t[i] };
         let (byte, adv) = if b == b'%' {
@@ -137,7 +141,7 @@ pub(crate) fn normalise(target: &[u8], out: &mut Vec<u8>) -> Result<bool, PathEr
             return Err(PathError::Bad);
         }
         if byte == b'/' || byte == b'\\' {
-            dir = finish_seg(out, &mut depth, &mut starts, seg_start)?;
+            dir = finish_seg(out, &mut depth, seg_start)?;
             seg_start = out.len();
         } else {
             out.push(byte);
@@ -257,6 +261,11 @@ mod tests {
         );
         assert_eq!(n(b"/a/./b//c", &mut o), Ok((b"/a/b/c".to_vec(), false)));
         assert_eq!(n(b"/a/../b", &mut o), Ok((b"/b".to_vec(), false)));
+        assert_eq!(n(b"/a/b/../c", &mut o), Ok((b"/a/c".to_vec(), false)));
+        assert_eq!(n(b"/a/bb/../../c", &mut o), Ok((b"/c".to_vec(), false)));
+        assert_eq!(n(b"/a/b/c/../../..", &mut o), Ok((b"/".to_vec(), true)));
+        assert_eq!(n(b"/a/b/..", &mut o), Ok((b"/a".to_vec(), true)));
+        assert_eq!(n(b"/a/b/../../..", &mut o), Err(PathError::Escape));
         assert_eq!(n(b"/a/", &mut o), Ok((b"/a".to_vec(), true)));
         assert_eq!(n(b"/../etc/passwd", &mut o), Err(PathError::Escape));
         assert_eq!(n(b"/%2e%2e/etc/passwd", &mut o), Err(PathError::Escape));

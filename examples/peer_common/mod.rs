@@ -1,5 +1,6 @@
 //! Shared by the peer servers (peer_mio, peer_tokio): the one response
-//! they serve, rendered as evserver renders it, and a request parser.
+//! they serve, rendered as evserver renders it (same headers, same
+//! lengths), and a request parser.
 //! Not an example of its own (included with `#[path]`).
 
 #![allow(dead_code)]
@@ -55,11 +56,13 @@ impl Response {
         let path = file.unwrap_or(Path::new(default));
         let body = std::fs::read(path)?;
         let meta = std::fs::metadata(path)?;
-        let mtime = meta
+        let mtime_d = meta
             .modified()
             .ok()
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_secs());
+            .unwrap_or_default();
+        let mtime = mtime_d.as_secs();
+        let mtime_ns = mtime_d.as_nanos();
         let now = std::time::SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -72,7 +75,7 @@ impl Response {
                 body.len(),
                 http_date(mtime),
                 body.len(),
-                mtime
+                mtime_ns
             )
             .as_bytes(),
         );

@@ -94,16 +94,12 @@ mod producer;
 mod queue;
 mod ring;
 
-pub use consumer::{Consumer, WaitPrep};
+pub use consumer::{Consumer, ReadChunk, WaitPrep};
 pub use desc::PacketDesc;
 pub use error::{ChannelError, ChunkError, PopError, PushError};
 pub use notify::Notifier;
-pub use producer::Producer;
+pub use producer::{Producer, WriteChunk};
 
-#[cfg(not(loom))]
-pub use consumer::ReadChunk;
-#[cfg(not(loom))]
-pub use producer::WriteChunk;
 #[cfg(not(loom))]
 pub use queue::{wait_in, ChannelConsumer};
 

@@ -96,7 +96,10 @@ backend_test!(consumer_sees_the_buffer_the_kernel_filled, |b: Backend| {
         assert_eq!(seen.as_ptr(), kaddr, "packet {i}: not the kernel's memory");
         let region = pool.as_ptr() as usize..pool.as_ptr() as usize + pool.region_len();
         assert!(region.contains(&(kaddr as usize)), "packet {i}");
-        assert!(kernel_addrs.insert(kaddr as usize), "packet {i}: address reused");
+        assert!(
+            kernel_addrs.insert(kaddr as usize),
+            "packet {i}: address reused"
+        );
         let want = format!("packet {i:04} {}", "x".repeat(i));
         assert_eq!(seen, want.as_bytes(), "packet {i}");
         assert_eq!(
@@ -271,4 +274,21 @@ backend_test!(the_sources_event_fires_in_the_queue, |b: Backend| {
         );
         pool.free(buf);
     }
+});
+
+backend_test!(absurd_channel_counts_are_errors, |b: Backend| {
+    let kq = util::kq(b);
+    let pool = Arc::new(BufferPool::new(16, 2048).unwrap());
+    for channels in [usize::MAX, usize::MAX / 8, 1 << 60] {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut c = Classifier::new(channels, 0).unwrap();
+        assert_eq!(
+            c.reserve(usize::MAX).unwrap_err(),
+            kevent::kevent_net::ClassifierError::OutOfMemory
+        );
+        let e = PacketSource::for_queue(&kq, sock, Arc::clone(&pool), c).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::OutOfMemory, "{channels}: {e}");
+    }
+    // Nothing was taken from the pool on the way out.
+    assert_eq!(pool.available(), 16);
 });

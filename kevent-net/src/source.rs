@@ -376,8 +376,10 @@ impl PacketSource {
     /// `InvalidInput` for a pool whose buffers cannot hold the layout
     /// (smaller than 128 bytes), a `Multishot` pool of more than 65536
     /// buffers (buffer ids are 16-bit there) or bad mode parameters;
-    /// `Unsupported` if io_uring or buffer rings are unavailable; the OS
-    /// error of setting up the socket or ring.
+    /// `OutOfMemory` if the table of the classifier's channels cannot be
+    /// allocated (an absurd channel count); `Unsupported` if io_uring or
+    /// buffer rings are unavailable; the OS error of setting up the socket
+    /// or ring.
     pub fn new(
         sock: std::net::UdpSocket,
         pool: Arc<BufferPool>,
@@ -390,7 +392,20 @@ impl PacketSource {
         sock.set_nonblocking(true)?;
         let local = sock.local_addr()?;
         let sock = OwnedFd::from(sock);
-        let mut producers = Vec::with_capacity(classifier.channels());
+        // One slot per channel; the count comes from the caller, so an
+        // absurd one is an error, not an allocation panic.
+        let mut producers = Vec::new();
+        producers
+            .try_reserve_exact(classifier.channels())
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::OutOfMemory,
+                    format!(
+                        "cannot allocate the producer table for {} channels",
+                        classifier.channels()
+                    ),
+                )
+            })?;
         producers.resize_with(classifier.channels(), || None);
         let mut sink = Sink {
             pool,

@@ -272,7 +272,11 @@ impl WriteChunk<'_> {
         assert!(k < self.n, "slot {k} of a chunk of {}", self.n);
         // SAFETY: `k < n <= free` (checked by `write_chunk`): the slot is
         // the producer's until the commit publishes it.
-        unsafe { self.producer.ring.write(self.producer.tail.wrapping_add(k), desc) };
+        unsafe {
+            self.producer
+                .ring
+                .write(self.producer.tail.wrapping_add(k), desc)
+        };
     }
 
     /// Number of reserved slots.

@@ -239,23 +239,37 @@ mod tests {
     #[test]
     fn partial_sends_continue_where_the_kernel_stopped() {
         let st = script(10, &[Ok(4), Ok(5), Ok(1)], &[0, 4, 9]);
-        assert_eq!((st.sent, st.would_block, st.errors, st.syscalls), (10, 0, 0, 3));
+        assert_eq!(
+            (st.sent, st.would_block, st.errors, st.syscalls),
+            (10, 0, 0, 3)
+        );
     }
 
     #[test]
     fn would_block_drops_the_rest_of_the_batch() {
         let st = script(8, &[Ok(3), errno(libc::EAGAIN)], &[0, 3]);
-        assert_eq!((st.sent, st.would_block, st.errors, st.syscalls), (3, 5, 0, 2));
+        assert_eq!(
+            (st.sent, st.would_block, st.errors, st.syscalls),
+            (3, 5, 0, 2)
+        );
     }
 
     #[test]
     fn an_error_skips_one_message_and_goes_on() {
         let st = script(
             4,
-            &[Ok(1), errno(libc::ECONNREFUSED), Ok(1), errno(libc::EAFNOSUPPORT)],
+            &[
+                Ok(1),
+                errno(libc::ECONNREFUSED),
+                Ok(1),
+                errno(libc::EAFNOSUPPORT),
+            ],
             &[0, 1, 2, 3],
         );
-        assert_eq!((st.sent, st.would_block, st.errors, st.syscalls), (2, 0, 2, 4));
+        assert_eq!(
+            (st.sent, st.would_block, st.errors, st.syscalls),
+            (2, 0, 2, 4)
+        );
     }
 
     #[test]
@@ -269,6 +283,9 @@ mod tests {
         // No errno is consulted: a stale EAGAIN or EINTR left by an
         // earlier call must not be mistaken for this one's outcome.
         let st = script(5, &[Ok(2), Ok(0)], &[0, 2]);
-        assert_eq!((st.sent, st.would_block, st.errors, st.syscalls), (2, 0, 3, 2));
+        assert_eq!(
+            (st.sent, st.would_block, st.errors, st.syscalls),
+            (2, 0, 3, 2)
+        );
     }
 }

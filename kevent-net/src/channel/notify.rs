@@ -2,8 +2,10 @@
 //! writes to, only when the need-wakeup flag says the consumer may sleep.
 //!
 //! The eventfd is the seam to kevent's queue: a consumer that waits in its
-//! `Kqueue` registers [`Notifier::as_fd`] for READ there (or the wake
-//! becomes a USER trigger) instead of calling [`Notifier::wait`].
+//! `Kqueue` registers [`Notifier::as_fd`] for READ there instead of
+//! calling [`Notifier::wait`] (a `Filter::User` trigger was measured as
+//! the alternative and costs the producer more; see the channel module's
+//! docs).
 //!
 //! Under `--cfg loom` the eventfd is replaced by a loom `Mutex` + `Condvar`
 //! counter with the same semantics, so a lost wake-up shows up as a loom

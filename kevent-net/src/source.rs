@@ -52,6 +52,8 @@
 //! Pool buffers are provided to the kernel by address; they are not
 //! registered (pinned), so only the buffer ring itself (16 bytes per entry,
 //! at most 32768 entries) counts against `RLIMIT_MEMLOCK` (8 MiB here).
+//! Why registering the pool would buy nothing on this path is in the
+//! [`BufferPool`] docs.
 
 mod mmsg;
 mod send;

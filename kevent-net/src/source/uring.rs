@@ -461,3 +461,4 @@ impl UringRx {
         true
     }
 }
+

@@ -461,4 +461,3 @@ impl UringRx {
         true
     }
 }
-

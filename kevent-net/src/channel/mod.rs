@@ -73,27 +73,31 @@
 //! signals (only while the consumer may sleep, once per sleep); the
 //! eventfd is *how*. The alternative — a `Filter::User` knote in the
 //! consumer's queue that the producer triggers (`NOTE_TRIGGER`) — was
-//! measured against it (`benches/channel.rs`, group
-//! `channel/wake_per_burst`, 9 interleaved rounds of 500 wake-ups of a
-//! consumer blocked in `kevent()`, machine under load 5–7):
+//! measured against it (`benches/channel.rs`: group
+//! `channel/wake_per_burst`, the interleaved summary, and
+//! `CHANNEL_WAKE_ONLY=2000` runs; a consumer blocked in `kevent()` woken
+//! 500–2000 times per run; medians / ranges of the runs):
 //!
-//! | backend  | design            | waker CPU / wake | wake latency |
-//! |----------|-------------------|------------------|--------------|
-//! | epoll    | eventfd READ      | 3.3 µs           | 17 µs        |
-//! | epoll    | USER trigger      | 8.9 µs           | 90 µs        |
-//! | io_uring | eventfd READ      | 3.8 µs           | 15 µs        |
-//! | io_uring | USER trigger      | 9.0 µs           | 695 µs       |
+//! | backend  | design        | machine quiet (load 1.5): waker CPU, latency | under load (5–7): waker CPU, latency |
+//! |----------|---------------|----------------------------------|-----------------------|
+//! | epoll    | eventfd READ  | 6.0–9.2 µs, 19–23 µs             | 3.3 µs, 17 µs         |
+//! | epoll    | USER trigger  | 7.8–10.7 µs, 20–29 µs            | 8.9 µs, 90 µs         |
+//! | io_uring | eventfd READ  | 7.5–10.0 µs, 23–33 µs            | 3.8 µs, 15 µs         |
+//! | io_uring | USER trigger  | 8.4–10.6 µs, 20–27 µs            | 9.0 µs, 695 µs        |
 //!
-//! `strace -f -c` of 1000 wake-ups each: both designs make one `write(2)`
-//! per wake-up (the trigger's is the queue's internal wake-up of its
-//! blocked waiter), and the trigger adds 0.1–2.2 `sched_yield` per
-//! wake-up: the producer's `kevent()` holds the consumer's queue lock
-//! while it applies the change and wakes the waiter, which then contends
-//! for that lock to collect its event (parking_lot's spin-then-yield).
-//! The eventfd keeps the
-//! producer off the consumer's queue entirely — it needs no `Kqueue`
-//! handle, never contends for its lock, and its syscall is the cheapest
-//! that can wake a thread — so it is the design kept.
+//! On a quiet machine the two cost about the same — the wake-up of a
+//! sleeping thread dominates both, and both make exactly one `write(2)`
+//! per wake-up (`strace -f -c` of 1000 wake-ups: the trigger's is the
+//! queue's internal wake-up of its blocked waiter) — with the eventfd
+//! cheaper for the producer in 9 of 10 paired runs, by up to 24 %, and
+//! latencies within each other's noise. Under load the trigger degrades:
+//! 0.1–2.2 `sched_yield` per wake-up, because the producer's `kevent()`
+//! holds the consumer's queue lock while it applies the change and wakes
+//! the waiter, which then contends for that lock to collect its event
+//! (parking_lot's spin-then-yield). The eventfd keeps the producer off the
+//! consumer's queue entirely — it needs no `Kqueue` handle, never
+//! contends for its lock, and its syscall is the cheapest that can wake a
+//! thread — so it is the design kept.
 //!
 //! # Verification
 //!

@@ -58,8 +58,9 @@
 //! as the issue (and AF_XDP's first layout) had it: the producer reads the
 //! flag after every publication, and beside `head` that read pulls the
 //! line the consumer writes on every pop. Interleaved runs measured single
-//! push/pop 1.8–2.8x slower with the flag beside `head`, bursts equal; see
-//! the figures in `ring.rs`. Today's AF_XDP ring also gives `flags` a line
+//! push/pop 2–2.5x slower (and 2–2.5x the CPU) with the flag beside
+//! `head`, bursts and the one-way hand-off equal; see the figures in
+//! `ring.rs`. Today's AF_XDP ring also gives `flags` a line
 //! of its own.
 //!
 //! # Waiting in a kevent queue: the eventfd as a `READ` knote

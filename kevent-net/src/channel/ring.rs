@@ -22,14 +22,16 @@
 //!   started with `flags` beside `consumer`.
 //!
 //!   Measured both ways (the issue asked for the flag on the consumer's
-//!   line; `benches/channel.rs`, the two layouts built as two binaries and
-//!   run interleaved, 8 rounds each, on the shared 2-core VM under load
-//!   4–7): single push/pop of 1M descriptors median 50 ms here against
-//!   140 ms with the flag beside `head` (best runs 19 ms against 34 ms:
-//!   1.8–2.8x slower beside `head`); bursts of 256 equal (median ratio
-//!   0.91, best 0.99: one flag read per burst); the one-way hand-off was
-//!   scheduler-bound in both (medians 2.3 µs / 7.1 µs), no verdict. So
-//!   the flag keeps its own region.
+//!   line): the two layouts built as two binaries of `benches/channel.rs`
+//!   and their interleaved summaries run alternately, 4 rounds each, on
+//!   the 2-core VM while quiet (load 1–2). Single push/pop: 52–62 M/s
+//!   and 32.5–33.5 ns of CPU per descriptor with the flag in its own
+//!   region, 24–31 M/s and 65–82 ns beside `head` (2–2.5x slower, 2–2.5x
+//!   the CPU). Bursts of 256: 427–478 M/s against 466–478 M/s (one flag
+//!   read per burst: no difference). One-way hand-off: 51–68 ns (one
+//!   noisy round 124) against 52–60 ns, no difference. Under load (4–7)
+//!   the same order: single 1.8–2.8x slower beside `head`. So the flag
+//!   keeps its own region.
 
 use std::fmt;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};

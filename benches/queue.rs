@@ -35,7 +35,7 @@
 //! After criterion, every group runs again interleaved (A B C … A B C …,
 //! 7 rounds of ~20 ms each) and a summary prints per variant the median
 //! wall and CPU time per iteration and the ratio to its peer
-//! (`QUEUE_SUMMARY=0` skips it; a criterion filter given on the command
+//! (`QUEUE_SUMMARY=0` skips it, `QUEUE_CRITERION=0` runs only it; a criterion filter given on the command
 //! line, as a substring, selects groups for both).
 //!
 //! For exact instruction counts, `QUEUE_ITERS=N` runs only the variants
@@ -352,13 +352,17 @@ fn pingpong_edge() -> Result<Group, String> {
                 .map_err(|e| format!("add: {e}"))?;
             let mut out = [Kevent::default(); 8];
             let mut byte = [0u8; 1];
-            g.add(format!("kevent-{}{suffix}", be.name), Some(peer), move || {
-                tx.write_all(b"x").expect("write");
-                let n = wait(&kq, &mut out, None);
-                debug_assert_eq!(n, 1);
-                black_box(out[0].data);
-                rx.read_exact(&mut byte).expect("read");
-            });
+            g.add(
+                format!("kevent-{}{suffix}", be.name),
+                Some(peer),
+                move || {
+                    tx.write_all(b"x").expect("write");
+                    let n = wait(&kq, &mut out, None);
+                    debug_assert_eq!(n, 1);
+                    black_box(out[0].data);
+                    rx.read_exact(&mut byte).expect("read");
+                },
+            );
         }
     }
     for fionread_too in [false, true] {
@@ -405,12 +409,16 @@ fn level_redelivery() -> Result<Group, String> {
                 .map_err(|e| format!("add: {e}"))?;
             let mut out = [Kevent::default(); 8];
             let keep = Rc::clone(&keep);
-            g.add(format!("kevent-{}{suffix}", be.name), Some(peer), move || {
-                let _ = &keep;
-                let n = wait(&kq, &mut out, None);
-                debug_assert_eq!((n, out[0].data), (1, data));
-                black_box(out[0].data);
-            });
+            g.add(
+                format!("kevent-{}{suffix}", be.name),
+                Some(peer),
+                move || {
+                    let _ = &keep;
+                    let n = wait(&kq, &mut out, None);
+                    debug_assert_eq!((n, out[0].data), (1, data));
+                    black_box(out[0].data);
+                },
+            );
         }
     }
     for fionread_too in [false, true] {
@@ -835,7 +843,7 @@ fn main() {
         if !g.variants.iter().any(|v| selected(&f, &g.id(&v.name))) {
             continue;
         }
-        {
+        if std::env::var("QUEUE_CRITERION").map_or(true, |v| v != "0") {
             let mut cg = c.benchmark_group(g.name);
             let param = g.param;
             for v in &mut g.variants {

@@ -19,7 +19,7 @@
 use crate::event::{Filter, Flags, Kevent};
 use crate::knote::{Knote, KnoteId, ACTIVE, DISABLED, QUEUED};
 use crate::storage::{self, Context, Core, Errno, Storage, PAYLOAD_BITS, PAYLOAD_MASK};
-use crate::sys::{self, OsEvent, Sys};
+use crate::sys::{self, Readiness, Sys};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::fmt;
@@ -88,10 +88,42 @@ impl Hasher for KeyHasher {
 
 pub(crate) type Index = HashMap<(u64, i16), u32, BuildHasherDefault<KeyHasher>>;
 
+/// A storage as the queue holds it: the fd storage (every queue has it,
+/// and it is on the hot path of every readiness event) by value, so its
+/// calls are static and inlined; any other behind `dyn Storage`.
+#[derive(Debug)]
+pub(crate) enum Slot {
+    Fd(storage::fd::FdStorage),
+    Dyn(Box<dyn Storage>),
+}
+
+/// `dispatch!(slot, s => expr)`: evaluate `expr` with `s` bound to the
+/// slot's storage, statically for the fd storage.
+macro_rules! dispatch {
+    ($slot:expr, $s:ident => $e:expr) => {
+        match $slot {
+            Slot::Fd($s) => $e,
+            Slot::Dyn(b) => {
+                let $s = &mut **b;
+                $e
+            }
+        }
+    };
+}
+
+impl Slot {
+    fn get(&self) -> &dyn Storage {
+        match self {
+            Slot::Fd(s) => s,
+            Slot::Dyn(b) => &**b,
+        }
+    }
+}
+
 struct State {
     core: Core,
     index: Index,
-    storages: Vec<Box<dyn Storage>>,
+    storages: Vec<Slot>,
     by_filter: [u8; 16],
     /// Storages that may report a deadline.
     timed: Vec<u8>,
@@ -100,7 +132,42 @@ struct State {
     /// `kevent()` calls so far; a level knote is reported once per call.
     calls: u64,
     closed: bool,
-    os_buf: Vec<OsEvent>,
+}
+
+/// The leader's wait buffers, kept outside the state lock so that the
+/// leader can wait into them with the lock released.
+///
+/// Only the thread running `harvest` touches them, and at most one thread
+/// runs `harvest` at a time: it is entered only with `State::polling`
+/// false under the lock, and a blocking harvest sets `polling` before it
+/// releases the lock and clears it after retaking it.
+struct LeaderCell<T>(std::cell::UnsafeCell<T>);
+
+// SAFETY: access goes through `get` only, whose contract (the leader
+// protocol above) makes it exclusive; `T: Send` lets the buffers move
+// between the threads that lead in turn.
+unsafe impl<T: Send> Sync for LeaderCell<T> {}
+
+impl<T> LeaderCell<T> {
+    /// # Safety
+    /// The caller is the leader (see the type's docs) and drops the
+    /// reference before giving up leadership.
+    #[allow(clippy::mut_from_ref)]
+    #[inline(always)]
+    unsafe fn get(&self) -> &mut T {
+        // SAFETY: exclusive by the caller's contract.
+        unsafe { &mut *self.0.get() }
+    }
+}
+
+/// What [`Kqueue::deliver`] did with a knote.
+enum Delivered {
+    /// Its condition no longer holds: dropped undelivered.
+    No,
+    /// Reported.
+    Yes,
+    /// Reported, and requeued (level).
+    Level,
 }
 
 /// A kqueue: one queue for every kind of event, with FreeBSD `kevent(2)`
@@ -124,6 +191,7 @@ struct State {
 /// ```
 pub struct Kqueue {
     state: Mutex<State>,
+    bufs: LeaderCell<sys::WaitBufs>,
     cond: Condvar,
     sys: Sys,
     backend: Backend,
@@ -216,10 +284,9 @@ impl Kqueue {
         let mut b = Builder {
             sys,
             backend: used,
-            storages: Vec::new(),
+            storages: vec![Slot::Fd(storage::fd::FdStorage::default())],
         };
         b = b
-            .storage(Box::new(storage::fd::FdStorage::default()))
             .storage(Box::new(storage::user::UserStorage))
             .storage(Box::new(storage::signal::SignalStorage::default()))
             .storage(Box::new(storage::proc_::ProcStorage::default()))
@@ -277,19 +344,51 @@ impl Kqueue {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         }
         st.core.call_round = st.core.round;
+        if !changes.is_empty() || events.is_empty() {
+            if let Some(done) = self.apply_changes(&mut st, changes, events) {
+                return done;
+            }
+        }
+        let result = self.collect(&mut st, events, min, timeout);
+        // Events this call left on the ready list (its buffer was full)
+        // belong to another waiter: wake a follower, or the leader blocked
+        // in the backend; a follower also takes over an idle leadership.
+        if st.core.ready.count > 0 {
+            if st.followers > 0 {
+                self.cond.notify_one();
+            } else if st.polling {
+                let _ = self.sys.wake();
+            }
+        } else if st.followers > 0 && !st.polling {
+            self.cond.notify_one();
+        }
+        self.sync_exposed(&st);
+        result
+    }
+
+    /// Apply the changelist. `Some(result)` if the call ends here (error or
+    /// receipt entries written, no room for events, or a failing change
+    /// without room for its entry); `None` to go on collecting.
+    #[cold]
+    fn apply_changes(
+        &self,
+        st: &mut MutexGuard<'_, State>,
+        changes: &[Kevent],
+        events: &mut [Kevent],
+    ) -> Option<io::Result<usize>> {
         let mut nerr = 0usize;
         for ch in changes {
-            let res = self.apply(&mut st, ch);
+            let res = self.apply(st, ch);
             if res.is_err() || ch.flags.contains(Flags::RECEIPT) {
                 let errno = res.err().unwrap_or(0);
                 if nerr == events.len() {
                     // FreeBSD (`kern_kevent_generic`): no room left for the
                     // entry ends the call; later changes are not applied.
-                    self.after_changes(&mut st, true);
+                    self.after_changes(st, true);
                     if errno != 0 {
-                        return Err(io::Error::from_raw_os_error(errno));
+                        return Some(Err(io::Error::from_raw_os_error(errno)));
                     }
-                    return Ok(nerr);
+                    return Some(Ok(nerr));
                 }
                 let mut e = *ch;
                 e.flags = Flags::ERROR;
@@ -299,39 +398,61 @@ impl Kqueue {
             }
         }
         if nerr > 0 || events.is_empty() {
-            self.after_changes(&mut st, true);
-            return Ok(nerr);
+            self.after_changes(st, true);
+            return Some(Ok(nerr));
         }
-        self.after_changes(&mut st, false);
+        self.after_changes(st, false);
+        None
+    }
+
+    /// Collect events: from the ready list, from the backend, waiting as
+    /// the timeout allows, until `min` are in.
+    #[inline]
+    fn collect(
+        &self,
+        st: &mut MutexGuard<'_, State>,
+        events: &mut [Kevent],
+        min: usize,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
         let need = min.clamp(1, events.len());
+        let poll_only = timeout == Some(Duration::ZERO);
         let deadline = match timeout {
             Some(t) if !t.is_zero() => Instant::now().checked_add(t),
             _ => None,
         };
-        let poll_only = timeout == Some(Duration::ZERO);
         st.calls += 1;
         let call = st.calls;
         let mut got = 0;
         let mut harvested = false;
         let result = loop {
             // Take OS events when the ready list alone cannot fill the
-            // buffer; block only when it is empty and more are needed.
-            let room = events.len() - got;
-            // io_uring: with nothing queued, skip the peek; the blocking
-            // wait submits and waits in one `io_uring_enter`.
-            // With nothing queued, skip the zero-timeout peek: the blocking
-            // wait returns at once if the backend has events (one syscall
-            // instead of two per blocking call, on both backends).
-            let lazy = !poll_only && st.core.ready.count == 0;
-            if !harvested && !lazy && st.core.ready.count < room && !st.polling {
-                if let Err(e) = self.harvest(&mut st, Some(Duration::ZERO)) {
+            // buffer. With nothing queued, skip the zero-timeout peek: the
+            // blocking wait returns at once if the backend has events (one
+            // syscall instead of two per blocking call, on both backends).
+            let queued = st.core.ready.count;
+            let mut held = 0;
+            if queued > 0 {
+                if !harvested && queued < events.len() - got && !st.polling {
+                    if let Err(e) = self.harvest(st, Some(Duration::ZERO)) {
+                        break Err(e);
+                    }
+                    harvested = true;
+                }
+                let (n, h) = self.scan(st, &mut events[got..], call);
+                got += n;
+                held = h;
+                if got >= need || got == events.len() {
+                    break Ok(got);
+                }
+            } else if poll_only && !harvested && !st.polling {
+                if let Err(e) = self.harvest(st, Some(Duration::ZERO)) {
                     break Err(e);
                 }
                 harvested = true;
+                continue;
             }
-            let (n, held) = self.scan(&mut st, &mut events[got..], call);
-            got += n;
-            if got >= need || got == events.len() || st.closed {
+            if st.closed {
                 break Ok(got);
             }
             let remaining = match deadline {
@@ -351,12 +472,12 @@ impl Kqueue {
                 st.followers += 1;
                 match deadline {
                     Some(d) => {
-                        self.cond.wait_until(&mut st, d);
+                        self.cond.wait_until(st, d);
                     }
-                    None => self.cond.wait(&mut st),
+                    None => self.cond.wait(st),
                 }
                 st.followers -= 1;
-            } else if let Err(e) = self.harvest(&mut st, remaining) {
+            } else if let Err(e) = self.harvest(st, remaining) {
                 if got > 0 && e.kind() == io::ErrorKind::Interrupted {
                     break Ok(got);
                 }
@@ -367,19 +488,6 @@ impl Kqueue {
         if st.closed && got == 0 {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         }
-        // Events this call left on the ready list (its buffer was full)
-        // belong to another waiter: wake a follower, or the leader blocked
-        // in the backend; a follower also takes over an idle leadership.
-        if st.core.ready.count > 0 {
-            if st.followers > 0 {
-                self.cond.notify_one();
-            } else if st.polling {
-                let _ = self.sys.wake();
-            }
-        } else if st.followers > 0 && !st.polling {
-            self.cond.notify_one();
-        }
-        self.sync_exposed(&st);
         result
     }
 
@@ -433,14 +541,24 @@ impl Kqueue {
             storages,
             ..
         } = st;
-        let storage = &mut storages[sidx as usize];
         let mut cx = Context {
             core,
             sys: &self.sys,
             storage: sidx,
             index,
         };
-        storage.resolve(&mut cx, ch)?;
+        dispatch!(&mut storages[sidx as usize], storage => Self::apply_to(storage, &mut cx, ch))
+    }
+
+    /// [`Kqueue::apply`] for one storage (monomorphised for the fd storage).
+    #[inline(always)]
+    fn apply_to<S: Storage + ?Sized>(
+        storage: &mut S,
+        cx: &mut Context<'_>,
+        ch: &Kevent,
+    ) -> Result<(), Errno> {
+        let sidx = cx.storage;
+        storage.resolve(cx, ch)?;
         let existing = cx.index.get(&(ch.ident, ch.filter.raw())).copied();
         let id = match existing {
             None => {
@@ -481,7 +599,7 @@ impl Kqueue {
                     gen,
                 };
                 cx.index.insert((ch.ident, ch.filter.raw()), key as u32);
-                if let Err(e) = storage.attach(&mut cx, id) {
+                if let Err(e) = storage.attach(cx, id) {
                     cx.drop_knote(id);
                     return Err(e);
                 }
@@ -493,12 +611,12 @@ impl Kqueue {
                     gen: cx.core.knotes[key as usize].gen,
                 };
                 if ch.flags.contains(Flags::DELETE) {
-                    storage.detach(&mut cx, id);
+                    storage.detach(cx, id);
                     cx.drop_knote(id);
                     return Ok(());
                 }
                 cx.core.knotes[key as usize].udata = ch.udata;
-                storage.modify(&mut cx, id, ch)?;
+                storage.modify(cx, id, ch)?;
                 id
             }
         };
@@ -546,7 +664,7 @@ impl Kqueue {
             let earliest = st
                 .timed
                 .iter()
-                .filter_map(|&i| st.storages[i as usize].deadline())
+                .filter_map(|&i| st.storages[i as usize].get().deadline())
                 .min();
             if let Some(d) = earliest {
                 let n = Instant::now();
@@ -555,49 +673,49 @@ impl Kqueue {
                 timeout = Some(timeout.map_or(until, |t| t.min(until)));
             }
         }
-        let mut buf = std::mem::take(&mut st.os_buf);
+        // SAFETY: this thread is the leader: `harvest` runs only with
+        // `polling` false under the lock, and a blocking wait sets it
+        // before releasing the lock (see `LeaderCell`).
+        let bufs = unsafe { self.bufs.get() };
         let res = if timeout == Some(Duration::ZERO) {
-            self.sys.wait(&mut buf, timeout)
+            self.sys.wait(bufs, timeout)
         } else {
             st.polling = true;
-            let r = MutexGuard::unlocked(st, || self.sys.wait(&mut buf, timeout));
+            let r = MutexGuard::unlocked(st, || self.sys.wait(bufs, timeout));
             st.polling = false;
             now = None;
             r
         };
         let st = &mut **st;
         st.core.round += 1;
-        for ev in buf.drain(..) {
-            let idx = (ev.token >> PAYLOAD_BITS) as usize;
-            if idx == 0 || idx > st.storages.len() {
-                continue;
-            }
-            let mut cx = Context {
-                core: &mut st.core,
-                sys: &self.sys,
-                storage: (idx - 1) as u8,
-                index: &mut st.index,
-            };
-            if ev.ready.0 & sys::COMPLETION != 0 {
-                let flags = ev.ready.0 & !sys::COMPLETION;
-                st.storages[idx - 1].completion(&mut cx, ev.token & PAYLOAD_MASK, ev.res, flags);
-            } else {
-                st.storages[idx - 1].os_event(&mut cx, ev.token & PAYLOAD_MASK, ev.ready);
+        // epoll fills `raw`, io_uring `out`.
+        for ev in bufs.raw.iter() {
+            if ev.u64 != sys::epoll::WAKE_TOKEN {
+                self.dispatch_os(st, ev.u64, Readiness(ev.events), 0);
             }
         }
-        st.os_buf = buf;
+        bufs.raw.clear();
+        for ev in bufs.out.iter() {
+            self.dispatch_os(st, ev.token, ev.ready, ev.res);
+        }
+        bufs.out.clear();
         if !st.timed.is_empty() {
-            let now = now.unwrap_or_else(Instant::now);
+            // Deadlines may have moved while the lock was released: ask
+            // again, and read the clock only if one is set.
             for i in 0..st.timed.len() {
-                let s = st.timed[i];
-                if st.storages[s as usize].deadline().is_some_and(|d| d <= now) {
+                let s = st.timed[i] as usize;
+                let Some(d) = st.storages[s].get().deadline() else {
+                    continue;
+                };
+                let now = *now.get_or_insert_with(Instant::now);
+                if d <= now {
                     let mut cx = Context {
                         core: &mut st.core,
                         sys: &self.sys,
-                        storage: s,
+                        storage: s as u8,
                         index: &mut st.index,
                     };
-                    st.storages[s as usize].expire(&mut cx, now);
+                    dispatch!(&mut st.storages[s], s => s.expire(&mut cx, now));
                 }
             }
         }
@@ -605,6 +723,28 @@ impl Kqueue {
             self.cond.notify_one();
         }
         res
+    }
+
+    /// Hand one backend event to the storage its token names.
+    #[inline(always)]
+    fn dispatch_os(&self, st: &mut State, token: u64, ready: Readiness, res: i32) {
+        let idx = (token >> PAYLOAD_BITS) as usize;
+        let Some(slot) = st.storages.get_mut(idx.wrapping_sub(1)) else {
+            return;
+        };
+        let mut cx = Context {
+            core: &mut st.core,
+            sys: &self.sys,
+            storage: (idx - 1) as u8,
+            index: &mut st.index,
+        };
+        let payload = token & PAYLOAD_MASK;
+        if ready.0 & sys::COMPLETION != 0 {
+            let flags = ready.0 & !sys::COMPLETION;
+            dispatch!(slot, s => s.completion(&mut cx, payload, res, flags));
+        } else {
+            dispatch!(slot, s => s.os_event(&mut cx, payload, ready));
+        }
     }
 
     /// Collect up to `out.len()` events from the ready list, applying each
@@ -636,45 +776,64 @@ impl Kqueue {
             st.core.ready.count -= 1;
             let id = KnoteId { key, gen: k.gen };
             let sidx = k.storage;
-            let mut ev = k.to_event();
             let mut cx = Context {
                 core: &mut st.core,
                 sys: &self.sys,
                 storage: sidx,
                 index: &mut st.index,
             };
-            let storage = &mut st.storages[sidx as usize];
-            if !storage.event(&mut cx, id, &mut ev) {
-                cx.core.knotes[key as usize].status &= !ACTIVE;
-                continue;
-            }
-            out[n] = ev;
-            n += 1;
-            let k = &mut cx.core.knotes[key as usize];
-            k.delivered_in = call;
-            let flags = k.flags;
-            if flags.contains(Flags::ONESHOT) {
-                storage.detach(&mut cx, id);
-                cx.drop_knote(id);
-            } else if flags.intersects(Flags::CLEAR | Flags::DISPATCH) {
-                if flags.contains(Flags::CLEAR) {
-                    k.data = 0;
-                    k.fflags = 0;
+            let slot = &mut st.storages[sidx as usize];
+            let delivered = dispatch!(slot, s => Self::deliver(s, &mut cx, id, &mut out[n], call));
+            match delivered {
+                Delivered::No => {}
+                Delivered::Yes => n += 1,
+                Delivered::Level => {
+                    n += 1;
+                    held += 1;
                 }
-                if flags.contains(Flags::DISPATCH) {
-                    k.status |= DISABLED;
-                }
-                k.status &= !ACTIVE;
-                if flags.contains(Flags::CLEAR) {
-                    storage.clear(&mut cx, id);
-                }
-            } else {
-                // Level: stays queued; re-checked before the next delivery.
-                cx.core.ready.push(k, key);
-                held += 1;
             }
         }
         (n, held)
+    }
+
+    /// Re-check one knote taken off the ready list and, if its condition
+    /// holds, report it into `out` and apply its mode.
+    #[inline(always)]
+    fn deliver<S: Storage + ?Sized>(
+        storage: &mut S,
+        cx: &mut Context<'_>,
+        id: KnoteId,
+        out: &mut Kevent,
+        call: u64,
+    ) -> Delivered {
+        if !storage.event(cx, id, out) {
+            cx.core.knotes[id.key as usize].status &= !ACTIVE;
+            return Delivered::No;
+        }
+        let k = &mut cx.core.knotes[id.key as usize];
+        k.delivered_in = call;
+        let flags = k.flags;
+        if flags.contains(Flags::ONESHOT) {
+            storage.detach(cx, id);
+            cx.drop_knote(id);
+        } else if flags.intersects(Flags::CLEAR | Flags::DISPATCH) {
+            if flags.contains(Flags::CLEAR) {
+                k.data = 0;
+                k.fflags = 0;
+            }
+            if flags.contains(Flags::DISPATCH) {
+                k.status |= DISABLED;
+            }
+            k.status &= !ACTIVE;
+            if flags.contains(Flags::CLEAR) {
+                storage.clear(cx, id);
+            }
+        } else {
+            // Level: stays queued; re-checked before the next delivery.
+            cx.core.ready.push(k, id.key);
+            return Delivered::Level;
+        }
+        Delivered::Yes
     }
 
     fn sync_exposed(&self, st: &State) {
@@ -775,7 +934,7 @@ impl Drop for Kqueue {
                 storage: sidx,
                 index,
             };
-            storages[sidx as usize].detach(&mut cx, id);
+            dispatch!(&mut storages[sidx as usize], s => s.detach(&mut cx, id));
         }
     }
 }
@@ -784,7 +943,7 @@ impl Drop for Kqueue {
 pub struct Builder {
     sys: Sys,
     backend: Backend,
-    storages: Vec<Box<dyn Storage>>,
+    storages: Vec<Slot>,
 }
 
 impl fmt::Debug for Builder {
@@ -800,7 +959,7 @@ impl Builder {
     /// Add a storage. A later storage for a filter replaces an earlier one.
     #[must_use]
     pub fn storage(mut self, s: Box<dyn Storage>) -> Builder {
-        self.storages.push(s);
+        self.storages.push(Slot::Dyn(s));
         self
     }
 
@@ -823,6 +982,7 @@ impl Builder {
         let mut by_filter = [u8::MAX; 16];
         let mut timed = Vec::new();
         for (i, s) in self.storages.iter().enumerate() {
+            let s = s.get();
             for f in s.filters() {
                 by_filter[f.slot()] = i as u8;
             }
@@ -842,8 +1002,8 @@ impl Builder {
                 followers: 0,
                 calls: 0,
                 closed: false,
-                os_buf: Vec::with_capacity(256),
             }),
+            bufs: LeaderCell(std::cell::UnsafeCell::new(sys::WaitBufs::default())),
             cond: Condvar::new(),
             sys: self.sys,
             backend: self.backend,

@@ -277,15 +277,6 @@ impl FdStorage {
             }
         }
     }
-
-    fn lowat(cx: &Context<'_>, id: KnoteId) -> i64 {
-        let k = cx.knote(id);
-        if k.sfflags() & note::LOWAT != 0 && k.sdata() > 0 {
-            k.sdata()
-        } else {
-            1
-        }
-    }
 }
 
 impl Storage for FdStorage {
@@ -463,54 +454,107 @@ impl Storage for FdStorage {
         }
     }
 
+    #[inline]
     fn os_event(&mut self, cx: &mut Context<'_>, payload: u64, ready: Readiness) {
-        let fd = (payload & FD_MASK) as RawFd;
+        let fd = (payload & FD_MASK) as usize;
         let tag = (payload >> TAG_SHIFT) & 3;
         if tag == TAG_FILES as u64 {
             self.files.drain(cx);
             return;
         }
         let gen = (payload >> GEN_SHIFT) as u32;
-        let Some(e) = self.entry(fd) else { return };
+        let Some(Some(e)) = self.fds.get_mut(fd) else {
+            return;
+        };
         if e.gen != gen {
             return;
         }
-        if ready.any(Readiness::RDHUP | Readiness::HUP) {
-            e.eof_rd = true;
+        const HUP_ERR: u32 = Readiness::RDHUP.0 | Readiness::HUP.0 | Readiness::ERROR.0;
+        if ready.0 & HUP_ERR != 0 {
+            if ready.any(Readiness::RDHUP | Readiness::HUP) {
+                e.eof_rd = true;
+            }
+            if ready.any(Readiness::HUP | Readiness::ERROR) {
+                e.eof_wr = true;
+            }
+            if ready.any(Readiness::ERROR) {
+                e.err = true;
+            }
         }
-        if ready.any(Readiness::HUP | Readiness::ERROR) {
-            e.eof_wr = true;
-        }
-        if ready.any(Readiness::ERROR) {
-            e.err = true;
-        }
-        let (r, w) = (e.read, e.write);
-        if let Some(id) = r.filter(|_| tag != 2) {
-            if ready.any(Readiness::READABLE | Readiness::RDHUP | Readiness::HUP | Readiness::ERROR)
-            {
+        const RD: u32 = Readiness::READABLE.0 | HUP_ERR;
+        const WR: u32 = Readiness::WRITABLE.0 | Readiness::HUP.0 | Readiness::ERROR.0;
+        if tag != 2 && ready.0 & RD != 0 {
+            if let Some(id) = e.read {
                 cx.activate_with(id, ready);
             }
         }
-        if let Some(id) = w.filter(|_| tag != 1) {
-            if ready.any(Readiness::WRITABLE | Readiness::HUP | Readiness::ERROR) {
+        if tag != 1 && ready.0 & WR != 0 {
+            if let Some(id) = e.write {
                 cx.activate_with(id, ready);
             }
         }
     }
 
+    #[inline(always)]
     fn event(&mut self, cx: &mut Context<'_>, id: KnoteId, out: &mut Kevent) -> bool {
-        let fresh = cx.is_fresh(id);
-        let lowat = Self::lowat(cx, id);
+        // The hot case inline: a READ knote on a pipe, socket or tty with a
+        // fresh kernel event (so no identity check), no mark, no EOF.
         let k = cx.knote(id);
+        let sfflags = k.sfflags();
+        if k.fresh_round > cx.core.call_round
+            && k.filter() == Filter::Read
+            && sfflags & (note::LOWAT | note::FILE_POLL) == 0
+        {
+            if let Some(Some(e)) = self.fds.get(k.ident() as usize) {
+                if matches!(e.kind, Kind::Pipe | Kind::Socket | Kind::Tty)
+                    && !e.eof_rd
+                    && k.hint() & (Readiness::HUP.0 | Readiness::RDHUP.0) == 0
+                {
+                    let data = if sfflags & note::NODATA != 0 {
+                        1
+                    } else if e.fionread_ok {
+                        match sys::ioctl_int(k.ident() as RawFd, libc::FIONREAD) {
+                            Ok(n) => n as i64,
+                            Err(_) => return self.event_slow(cx, id, out),
+                        }
+                    } else {
+                        return self.event_slow(cx, id, out);
+                    };
+                    if data < 1 || (data == 1 && k.hint() & Readiness::READABLE.0 == 0) {
+                        return self.event_slow(cx, id, out);
+                    }
+                    *out = k.to_event();
+                    out.data = data;
+                    return true;
+                }
+            }
+        }
+        self.event_slow(cx, id, out)
+    }
+}
+
+impl FdStorage {
+    /// [`Storage::event`] for every case but the inline hot one.
+    #[inline(never)]
+    fn event_slow(&mut self, cx: &mut Context<'_>, id: KnoteId, out: &mut Kevent) -> bool {
+        let call_round = cx.core.call_round;
+        let k = cx.knote(id);
+        let fresh = k.fresh_round > call_round;
         *out = k.to_event();
+        let sfflags = k.sfflags();
+        let lowat = if sfflags & note::LOWAT != 0 && k.sdata() > 0 {
+            k.sdata()
+        } else {
+            1
+        };
         let hint = Readiness(k.hint());
         let is_read = k.filter() == Filter::Read;
-        let file_poll = k.sfflags() & note::FILE_POLL != 0;
-        let nodata = k.sfflags() & note::NODATA != 0;
+        let file_poll = sfflags & note::FILE_POLL != 0;
+        let nodata = sfflags & note::NODATA != 0;
         let Ok(fd) = fd_of(k.ident()) else {
             return false;
         };
-        let Some(e) = self.entry(fd) else {
+        let Some(Some(e)) = self.fds.get_mut(fd as usize) else {
             return false;
         };
         if !fresh {

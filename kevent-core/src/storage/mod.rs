@@ -169,7 +169,7 @@ impl Context<'_> {
     }
 
     /// As [`Context::activate`], recording the OS readiness that caused it.
-    #[inline]
+    #[inline(always)]
     pub fn activate_with(&mut self, id: KnoteId, ready: Readiness) {
         self.core.activate(id, Some(ready));
     }
@@ -302,7 +302,7 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    #[inline]
+    #[inline(always)]
     pub(crate) fn activate(&mut self, id: KnoteId, ready: Option<Readiness>) {
         let Some(k) = self.knotes.get_mut(id.key as usize) else {
             return;

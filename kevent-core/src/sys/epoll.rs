@@ -10,8 +10,7 @@
 //! deadlines need nanosecond timeouts (`epoll_pwait2`; mio rounds to whole
 //! milliseconds).
 
-use super::{syscall, Interest, OsEvent, Readiness};
-use parking_lot::Mutex;
+use super::{syscall, Interest, WaitBufs};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,14 +19,10 @@ use std::time::Duration;
 /// Token reserved for the waker eventfd.
 pub(crate) const WAKE_TOKEN: u64 = u64::MAX;
 
-const EVENTS: usize = 256;
-
 #[derive(Debug)]
 pub(crate) struct Epoll {
     ep: OwnedFd,
     waker: OwnedFd,
-    /// Leader-only buffer; the lock is uncontended by construction.
-    buf: Mutex<Vec<libc::epoll_event>>,
     /// Whether `epoll_pwait2` exists (kernel ≥ 5.11).
     pwait2: AtomicBool,
 }
@@ -41,7 +36,6 @@ impl Epoll {
         let this = Epoll {
             ep,
             waker,
-            buf: Mutex::new(Vec::with_capacity(EVENTS)),
             pwait2: AtomicBool::new(true),
         };
         let mut ev = libc::epoll_event {
@@ -125,23 +119,14 @@ impl Epoll {
         }
     }
 
-    pub(crate) fn wait(&self, out: &mut Vec<OsEvent>, timeout: Option<Duration>) -> io::Result<()> {
-        let mut buf = self.buf.lock();
-        buf.clear();
-        let n = self.epoll_wait(&mut buf, timeout)?;
-        // SAFETY: the kernel initialised the first `n` entries.
-        unsafe { buf.set_len(n) };
-        for ev in buf.iter() {
-            let token = ev.u64;
-            if token == WAKE_TOKEN {
-                continue;
-            }
-            out.push(OsEvent {
-                token,
-                ready: Readiness(ev.events),
-                res: 0,
-            });
-        }
+    /// Wait into `bufs.raw` (the caller's, so no lock is needed here); the
+    /// caller skips entries with [`WAKE_TOKEN`].
+    pub(crate) fn wait(&self, bufs: &mut WaitBufs, timeout: Option<Duration>) -> io::Result<()> {
+        let raw = &mut bufs.raw;
+        raw.clear();
+        let n = self.epoll_wait(raw, timeout)?;
+        // SAFETY: the kernel initialised the first `n` entries (n ≤ capacity).
+        unsafe { raw.set_len(n) };
         Ok(())
     }
 
@@ -151,6 +136,17 @@ impl Epoll {
         timeout: Option<Duration>,
     ) -> io::Result<usize> {
         let cap = buf.capacity() as i32;
+        // A wait forever or a poll needs no nanoseconds: plain epoll_wait
+        // (glibc's, mio's call).
+        let whole_ms = match timeout {
+            None => Some(-1),
+            Some(d) if d.is_zero() => Some(0),
+            Some(_) => None,
+        };
+        if let Some(ms) = whole_ms {
+            let n = syscall!(epoll_wait(self.ep.as_raw_fd(), buf.as_mut_ptr(), cap, ms))?;
+            return Ok(n as usize);
+        }
         if self.pwait2.load(Ordering::Relaxed) {
             let ts = timeout.map(|d| libc::timespec {
                 tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,

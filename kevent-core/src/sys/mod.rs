@@ -122,6 +122,28 @@ pub(crate) struct OsEvent {
     pub(crate) res: i32,
 }
 
+/// The leader's buffers for one [`Sys::wait`]: the epoll backend leaves
+/// its `epoll_event`s in `raw` (the waker's among them, `WAKE_TOKEN`), the
+/// io_uring backend its events in `out`. Owned by the queue and lent to
+/// the one thread that waits.
+#[derive(Debug)]
+pub(crate) struct WaitBufs {
+    pub(crate) out: Vec<OsEvent>,
+    pub(crate) raw: Vec<libc::epoll_event>,
+}
+
+/// Events one wait takes at most.
+pub(crate) const WAIT_EVENTS: usize = 256;
+
+impl Default for WaitBufs {
+    fn default() -> WaitBufs {
+        WaitBufs {
+            out: Vec::with_capacity(WAIT_EVENTS),
+            raw: Vec::with_capacity(WAIT_EVENTS),
+        }
+    }
+}
+
 /// Marks an [`OsEvent`] as an op completion (`EPOLLET`'s bit, which epoll
 /// never reports).
 pub(crate) const COMPLETION: u32 = 1 << 31;
@@ -168,11 +190,12 @@ impl Sys {
         matches!(self, Sys::IoUring(_))
     }
 
+    /// Wait for events into `bufs.out` (see the contract above).
     #[inline]
-    pub(crate) fn wait(&self, out: &mut Vec<OsEvent>, timeout: Option<Duration>) -> io::Result<()> {
+    pub(crate) fn wait(&self, bufs: &mut WaitBufs, timeout: Option<Duration>) -> io::Result<()> {
         match self {
-            Sys::Epoll(ep) => ep.wait(out, timeout),
-            Sys::IoUring(u) => u.wait(out, timeout),
+            Sys::Epoll(ep) => ep.wait(bufs, timeout),
+            Sys::IoUring(u) => u.wait(&mut bufs.out, timeout),
         }
     }
 

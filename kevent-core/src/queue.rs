@@ -260,7 +260,7 @@ impl Kqueue {
         };
         let (sys, used) = match chosen {
             Backend::Epoll => (Sys::Epoll(sys::epoll::Epoll::new()?), Backend::Epoll),
-            Backend::IoUring => match sys::uring::Uring::new() {
+            Backend::IoUring => match sys::uring::Uring::new(false) {
                 Ok(u) => (Sys::IoUring(u), Backend::IoUring),
                 // Forced: an error, never a silent fallback.
                 Err(e) => {
@@ -270,7 +270,7 @@ impl Kqueue {
                     ))
                 }
             },
-            Backend::Auto => match sys::uring::Uring::new() {
+            Backend::Auto => match sys::uring::Uring::new(false) {
                 Ok(u) => (Sys::IoUring(u), Backend::IoUring),
                 Err(e) => {
                     static WARNED: std::sync::Once = std::sync::Once::new();
@@ -314,8 +314,23 @@ impl Kqueue {
     ///
     /// # Errors
     /// A change's errno as above; `EINTR` if a signal interrupted the wait
-    /// before any event was collected (FreeBSD's behaviour); `EBADF` once
-    /// the queue is closed.
+    /// before any event was collected (FreeBSD's behaviour: a signal whose
+    /// handler runs ends the wait, `SA_RESTART` or not); `EBADF` once the
+    /// queue is closed.
+    ///
+    /// # Interruptions without a signal
+    /// io_uring task work (a ring's completions, and the teardown of a
+    /// ring, which queues work to every thread that ever submitted to it)
+    /// interrupts a blocking `epoll_wait` of its thread with `EINTR` though
+    /// no signal was sent; the kernel never restarts `epoll_wait`. kevent
+    /// tells the two apart where it can: the io_uring backend's wait
+    /// (`io_uring_enter`) runs task work and goes on waiting, and on a
+    /// thread that has driven one of kevent's rings the epoll backend
+    /// blocks in `ppoll` on its epoll fd, which the kernel restarts unless
+    /// a signal handler ran. An epoll queue on a thread that drives only
+    /// *other* libraries' rings can still see such an `EINTR` (its blocking
+    /// wait is a plain `epoll_wait`, one syscall); retry it there if no
+    /// handler of yours ran.
     pub fn kevent(
         &self,
         changes: &[Kevent],
@@ -678,10 +693,12 @@ impl Kqueue {
         // before releasing the lock (see `LeaderCell`).
         let bufs = unsafe { self.bufs.get() };
         let res = if timeout == Some(Duration::ZERO) {
-            self.sys.wait(bufs, timeout)
+            // SAFETY: the leader (above) is the only thread that waits.
+            unsafe { self.sys.wait(bufs, timeout) }
         } else {
             st.polling = true;
-            let r = MutexGuard::unlocked(st, || self.sys.wait(bufs, timeout));
+            // SAFETY: as above.
+            let r = MutexGuard::unlocked(st, || unsafe { self.sys.wait(bufs, timeout) });
             st.polling = false;
             now = None;
             r
@@ -936,6 +953,25 @@ impl Drop for Kqueue {
             };
             dispatch!(&mut storages[sidx as usize], s => s.detach(&mut cx, id));
         }
+        // End the ring's requests before the storages (and the buffers
+        // their ops lent the kernel) go; their final completions still
+        // reach the storages.
+        let mut done = Vec::new();
+        self.sys.shutdown(&mut done);
+        for ev in done {
+            let idx = (ev.token >> PAYLOAD_BITS) as usize;
+            let Some(slot) = storages.get_mut(idx.wrapping_sub(1)) else {
+                continue;
+            };
+            let mut cx = Context {
+                core,
+                sys: &self.sys,
+                storage: (idx - 1) as u8,
+                index,
+            };
+            let flags = ev.ready.0 & !sys::COMPLETION;
+            dispatch!(slot, s => s.completion(&mut cx, ev.token & PAYLOAD_MASK, ev.res, flags));
+        }
     }
 }
 
@@ -966,6 +1002,27 @@ impl Builder {
     /// The backend the queue will use.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Declare that one thread only — the one calling this — will collect
+    /// events from the queue (other threads may still apply changes and
+    /// trigger USER events). On io_uring the ring is then set up with
+    /// `SINGLE_ISSUER | DEFER_TASKRUN`: completions are processed inside
+    /// that thread's own wait, never by interrupting it, which is cheaper
+    /// and can cause no spurious `EINTR` (see `Kqueue::kevent`). A wait
+    /// from another thread then fails with an error. No effect on epoll;
+    /// if the kernel refuses these flags the shared ring is kept (logged).
+    #[must_use]
+    pub fn single_thread(mut self) -> Builder {
+        if let Sys::IoUring(_) = self.sys {
+            match sys::uring::Uring::new(true) {
+                Ok(u) => self.sys = Sys::IoUring(u),
+                Err(e) => log::warn!(
+                    "kevent: single-issuer io_uring unavailable ({e}); keeping the shared ring"
+                ),
+            }
+        }
+        self
     }
 
     /// Build the queue.

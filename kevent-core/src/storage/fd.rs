@@ -454,7 +454,7 @@ impl Storage for FdStorage {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn os_event(&mut self, cx: &mut Context<'_>, payload: u64, ready: Readiness) {
         let fd = (payload & FD_MASK) as usize;
         let tag = (payload >> TAG_SHIFT) & 3;

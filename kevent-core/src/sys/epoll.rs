@@ -136,6 +136,9 @@ impl Epoll {
         timeout: Option<Duration>,
     ) -> io::Result<usize> {
         let cap = buf.capacity() as i32;
+        if timeout != Some(Duration::ZERO) && super::ring_user() {
+            return self.restartable_wait(buf, timeout);
+        }
         // A wait forever or a poll needs no nanoseconds: plain epoll_wait
         // (glibc's, mio's call).
         let whole_ms = match timeout {
@@ -187,6 +190,45 @@ impl Epoll {
             }
         };
         let n = syscall!(epoll_wait(self.ep.as_raw_fd(), buf.as_mut_ptr(), cap, ms))?;
+        Ok(n as usize)
+    }
+
+    /// A blocking wait that only a signal's handler interrupts, for a
+    /// thread that has driven an io_uring ring: the ring's task work (a
+    /// completion, or the ring's teardown, which queues work to every
+    /// thread that ever submitted to it) sets `TIF_NOTIFY_SIGNAL`, which
+    /// makes `epoll_wait` (never restarted) fail with `EINTR` although no
+    /// signal was sent. `ppoll` fails with `ERESTARTNOHAND`, which the
+    /// kernel restarts transparently unless a handler ran, so it tells the
+    /// two apart: peek (events ready: one syscall, as usual), else block in
+    /// `ppoll` on the epoll fd (nanosecond timeout), then fetch.
+    fn restartable_wait(
+        &self,
+        buf: &mut Vec<libc::epoll_event>,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        let cap = buf.capacity() as i32;
+        let ep = self.ep.as_raw_fd();
+        let n = syscall!(epoll_wait(ep, buf.as_mut_ptr(), cap, 0))?;
+        if n > 0 {
+            return Ok(n as usize);
+        }
+        let ts = timeout.map(|d| libc::timespec {
+            tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+            tv_nsec: d.subsec_nanos() as libc::c_long,
+        });
+        let tsp = ts
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        let mut p = libc::pollfd {
+            fd: ep,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        if syscall!(ppoll(&mut p, 1, tsp, std::ptr::null()))? == 0 {
+            return Ok(0);
+        }
+        let n = syscall!(epoll_wait(ep, buf.as_mut_ptr(), cap, 0))?;
         Ok(n as usize)
     }
 

@@ -15,9 +15,12 @@
 //!   direction (`Read` and `Write` on one fd do not replace each other, and
 //!   each reports only its own direction). True for io_uring; on epoll a
 //!   second `register` of an fd replaces the first.
-//! - `wait(out, timeout)`: append ready `(token, readiness)` pairs; `None`
+//! - `wait(bufs, timeout)`: collect ready `(token, readiness)` pairs; `None`
 //!   blocks until an event or [`Sys::wake`]; the timeout is honoured to the
-//!   nanosecond where the kernel allows.
+//!   nanosecond where the kernel allows. Never called concurrently with
+//!   itself (the queue's leader protocol), so it needs no lock of its own.
+//!   An `EINTR` from it is a signal's, except on epoll when io_uring task
+//!   work of this thread interrupted the wait (see `sys/uring.rs`).
 //! - `wake()`: make a concurrent or the next `wait` return; callable from
 //!   any thread.
 //! - `pollable()`: an fd readable while `wait` would return events.
@@ -190,12 +193,29 @@ impl Sys {
         matches!(self, Sys::IoUring(_))
     }
 
-    /// Wait for events into `bufs.out` (see the contract above).
+    /// Wait for events into `bufs` (see the contract above).
+    ///
+    /// # Safety
+    /// Never called concurrently with itself (the queue's leader protocol).
     #[inline]
-    pub(crate) fn wait(&self, bufs: &mut WaitBufs, timeout: Option<Duration>) -> io::Result<()> {
+    pub(crate) unsafe fn wait(
+        &self,
+        bufs: &mut WaitBufs,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
         match self {
             Sys::Epoll(ep) => ep.wait(bufs, timeout),
-            Sys::IoUring(u) => u.wait(&mut bufs.out, timeout),
+            // SAFETY: forwarded from the caller.
+            Sys::IoUring(u) => unsafe { u.wait(&mut bufs.out, timeout) },
+        }
+    }
+
+    /// Before the queue goes: end every ring request still in flight,
+    /// handing storage ops' final completions to `out` (io_uring; nothing
+    /// to do on epoll).
+    pub(crate) fn shutdown(&mut self, out: &mut Vec<OsEvent>) {
+        if let Sys::IoUring(u) = self {
+            u.shutdown(out);
         }
     }
 
@@ -232,6 +252,25 @@ impl Sys {
             Sys::IoUring(u) => u.readiness_fds(),
         }
     }
+}
+
+thread_local! {
+    /// Whether this thread has entered an io_uring ring of this crate (see
+    /// `Epoll::restartable_wait`).
+    static RING_USER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Note that this thread submits to an io_uring ring: from now on its
+/// blocking epoll waits use the wait that task work cannot interrupt.
+#[inline]
+pub(crate) fn set_ring_user() {
+    RING_USER.with(|r| r.set(true));
+}
+
+/// See [`set_ring_user`].
+#[inline]
+pub(crate) fn ring_user() -> bool {
+    RING_USER.with(|r| r.get())
 }
 
 /// Read an `i32` socket option.

@@ -256,6 +256,40 @@ impl Context<'_> {
         self.sys.submit_op(sqe)
     }
 
+    /// Narrow or remove this storage's watch of `fd` and report whether
+    /// `fd` still named the registered file: `drop` is the direction that
+    /// goes, `keep` what stays registered on a per-fd backend (`None`:
+    /// nothing; ignored with [`Context::per_knote_watches`], where only
+    /// `drop`'s watch goes). Fails with `ENOENT` if the file was closed
+    /// (its number free or reused: epoll forgot the registration), `EBADF`
+    /// if the number is closed. Costs the one `epoll_ctl` the change makes
+    /// anyway, so it doubles as an identity check without `fstat`.
+    pub(crate) fn unwatch_checked(
+        &mut self,
+        fd: RawFd,
+        drop: Interest,
+        keep: Option<Interest>,
+        payload: u64,
+    ) -> io::Result<()> {
+        let token = ((self.storage as u64 + 1) << PAYLOAD_BITS) | (payload & PAYLOAD_MASK);
+        self.sys.unwatch_checked(fd, token, drop, keep)
+    }
+
+    /// Whether this storage's watch of `fd` made with `interest` is still
+    /// registered for the file `fd` names now: `Ok(true)` if so (nothing
+    /// changes), `Ok(false)` if not (the file was closed and the number
+    /// is free or reused; the probe's registration is undone), or the
+    /// kernel's error (`EBADF` for a closed number).
+    pub(crate) fn probe_watch(
+        &mut self,
+        fd: RawFd,
+        interest: Interest,
+        payload: u64,
+    ) -> io::Result<bool> {
+        let token = ((self.storage as u64 + 1) << PAYLOAD_BITS) | (payload & PAYLOAD_MASK);
+        self.sys.probe(fd, token, interest)
+    }
+
     /// Stop watching `fd` (a watch made with `Interest::Read` or `Both`).
     /// An fd already closed is not an error.
     pub fn unwatch_fd(&mut self, fd: RawFd) -> io::Result<()> {

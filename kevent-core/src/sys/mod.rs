@@ -188,6 +188,44 @@ impl Sys {
         }
     }
 
+    /// Narrow the watch of `fd` to `keep` (`None`: remove it; with
+    /// per-knote watches, remove the `drop` direction's), reporting the
+    /// kernel's error as is: `ENOENT` if `fd` no longer names the file that
+    /// was registered (closed, its number reused), `EBADF` if it is closed.
+    pub(crate) fn unwatch_checked(
+        &self,
+        fd: RawFd,
+        token: u64,
+        drop: Interest,
+        keep: Option<Interest>,
+    ) -> io::Result<()> {
+        match self {
+            Sys::Epoll(ep) => match keep {
+                Some(k) => ep.modify(fd, token, k),
+                None => ep.delete(fd),
+            },
+            Sys::IoUring(u) => u.delete(fd, drop),
+        }
+    }
+
+    /// Whether `fd`'s watch with `interest` is registered for the file
+    /// `fd` names now (`EPOLL_CTL_ADD` answering `EEXIST`, which changes
+    /// nothing); if the add succeeds it is undone and `Ok(false)` returned.
+    pub(crate) fn probe(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<bool> {
+        let res = match self {
+            Sys::Epoll(ep) => ep.add(fd, token, interest),
+            Sys::IoUring(u) => u.add(fd, token, interest),
+        };
+        match res {
+            Ok(()) => {
+                let _ = self.deregister(fd, interest);
+                Ok(false)
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
     #[inline]
     pub(crate) fn per_knote(&self) -> bool {
         matches!(self, Sys::IoUring(_))

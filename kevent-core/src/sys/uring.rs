@@ -371,6 +371,42 @@ impl Uring {
         }
     }
 
+    /// `EPOLL_CTL_ADD` of a watch, errors as the kernel gives them.
+    pub(crate) fn add(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
+        let (ep, dir) = match interest {
+            Interest::Read => (0, libc::EPOLLIN | libc::EPOLLRDHUP),
+            Interest::Write => (1, libc::EPOLLOUT),
+            Interest::Both => (0, libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLOUT),
+        };
+        let mut ev = libc::epoll_event {
+            events: (dir | libc::EPOLLET) as u32,
+            u64: token,
+        };
+        syscall!(epoll_ctl(
+            self.eps[ep].as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            fd,
+            &mut ev
+        ))
+        .map(drop)
+    }
+
+    /// `EPOLL_CTL_DEL` of the watch made with `interest`, errors as the
+    /// kernel gives them.
+    pub(crate) fn delete(&self, fd: RawFd, interest: Interest) -> io::Result<()> {
+        let ep = match interest {
+            Interest::Read | Interest::Both => 0,
+            Interest::Write => 1,
+        };
+        syscall!(epoll_ctl(
+            self.eps[ep].as_raw_fd(),
+            libc::EPOLL_CTL_DEL,
+            fd,
+            std::ptr::null_mut()
+        ))
+        .map(drop)
+    }
+
     /// Stop the watch made with `interest` (`Read` and `Both` share `epr`).
     pub(crate) fn deregister(&self, fd: RawFd, interest: Interest) -> io::Result<()> {
         let ep = match interest {

@@ -360,7 +360,10 @@ impl Kqueue {
         }
         st.core.call_round = st.core.round;
         if !changes.is_empty() || events.is_empty() {
-            if let Some(done) = self.apply_changes(&mut st, changes, events) {
+            let mut wake = false;
+            if let Some(done) = self.apply_changes(&mut st, changes, events, &mut wake) {
+                drop(st);
+                self.wake_leader(wake);
                 return done;
             }
         }
@@ -368,17 +371,30 @@ impl Kqueue {
         // Events this call left on the ready list (its buffer was full)
         // belong to another waiter: wake a follower, or the leader blocked
         // in the backend; a follower also takes over an idle leadership.
+        let mut wake = false;
         if st.core.ready.count > 0 {
             if st.followers > 0 {
                 self.cond.notify_one();
             } else if st.polling {
-                let _ = self.sys.wake();
+                wake = true;
             }
         } else if st.followers > 0 && !st.polling {
             self.cond.notify_one();
         }
         self.sync_exposed(&st);
+        drop(st);
+        self.wake_leader(wake);
         result
+    }
+
+    /// Wake the leader blocked in the backend, after the state lock was
+    /// released: woken under the lock, it would find the lock taken and
+    /// sleep again on it (a futex round trip per wake: ~3 µs here).
+    #[inline]
+    fn wake_leader(&self, wake: bool) {
+        if wake {
+            let _ = self.sys.wake();
+        }
     }
 
     /// Apply the changelist. `Some(result)` if the call ends here (error or
@@ -390,6 +406,7 @@ impl Kqueue {
         st: &mut MutexGuard<'_, State>,
         changes: &[Kevent],
         events: &mut [Kevent],
+        wake: &mut bool,
     ) -> Option<io::Result<usize>> {
         let mut nerr = 0usize;
         for ch in changes {
@@ -399,7 +416,7 @@ impl Kqueue {
                 if nerr == events.len() {
                     // FreeBSD (`kern_kevent_generic`): no room left for the
                     // entry ends the call; later changes are not applied.
-                    self.after_changes(st, true);
+                    *wake = self.after_changes(st, true);
                     if errno != 0 {
                         return Some(Err(io::Error::from_raw_os_error(errno)));
                     }
@@ -413,10 +430,9 @@ impl Kqueue {
             }
         }
         if nerr > 0 || events.is_empty() {
-            self.after_changes(st, true);
+            *wake = self.after_changes(st, true);
             return Some(Ok(nerr));
         }
-        self.after_changes(st, false);
         None
     }
 
@@ -513,9 +529,9 @@ impl Kqueue {
         st.closed = true;
         self.cond.notify_all();
         self.sync_exposed(&st);
-        if st.polling {
-            let _ = self.sys.wake();
-        }
+        let wake = st.polling;
+        drop(st);
+        self.wake_leader(wake);
     }
 
     /// Activate the `USER` knote `ident` as a `NOTE_TRIGGER` change would,
@@ -540,7 +556,9 @@ impl Kqueue {
         let udata = st.core.knotes[key as usize].udata;
         self.apply(&mut st, &Kevent { udata, ..ch })
             .map_err(io::Error::from_raw_os_error)?;
-        self.after_changes(&mut st, true);
+        let wake = self.after_changes(&mut st, true);
+        drop(st);
+        self.wake_leader(wake);
         Ok(())
     }
 
@@ -655,19 +673,23 @@ impl Kqueue {
         Ok(())
     }
 
-    /// After changes: wake a waiting thread if a change made something
-    /// ready that this thread will not collect itself.
-    fn after_changes(&self, st: &mut State, returning: bool) {
+    /// After changes of a call that returns now: wake a waiting thread if
+    /// a change made something ready that this thread will not collect. A
+    /// follower is notified here; `true` asks the caller to wake the
+    /// leader once the lock is released ([`Kqueue::wake_leader`]).
+    fn after_changes(&self, st: &mut State, returning: bool) -> bool {
+        let mut wake = false;
         if returning {
             if st.core.ready.count > 0 {
                 if st.followers > 0 {
                     self.cond.notify_one();
                 } else if st.polling {
-                    let _ = self.sys.wake();
+                    wake = true;
                 }
             }
             self.sync_exposed(st);
         }
+        wake
     }
 
     /// One round of OS events: wait (without the lock unless polling), then

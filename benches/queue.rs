@@ -850,9 +850,9 @@ fn main() {
                 let body = &mut v.body;
                 match param {
                     Some(p) => cg.bench_function(BenchmarkId::new(v.name.as_str(), p), |b| {
-                        b.iter(|| body())
+                        b.iter(&mut *body)
                     }),
-                    None => cg.bench_function(v.name.as_str(), |b| b.iter(|| body())),
+                    None => cg.bench_function(v.name.as_str(), |b| b.iter(&mut *body)),
                 };
             }
             cg.finish();

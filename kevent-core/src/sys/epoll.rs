@@ -106,26 +106,6 @@ impl Epoll {
         }
     }
 
-    /// `EPOLL_CTL_ADD`, errors as the kernel gives them.
-    pub(crate) fn add(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
-        let dir = match interest {
-            Interest::Read => libc::EPOLLIN | libc::EPOLLRDHUP,
-            Interest::Write => libc::EPOLLOUT,
-            Interest::Both => libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLOUT,
-        };
-        let mut ev = libc::epoll_event {
-            events: (dir | libc::EPOLLET) as u32,
-            u64: token,
-        };
-        syscall!(epoll_ctl(
-            self.ep.as_raw_fd(),
-            libc::EPOLL_CTL_ADD,
-            fd,
-            &mut ev
-        ))
-        .map(drop)
-    }
-
     /// `EPOLL_CTL_MOD`, errors as the kernel gives them.
     pub(crate) fn modify(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
         let dir = match interest {

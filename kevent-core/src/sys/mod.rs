@@ -212,17 +212,24 @@ impl Sys {
     /// `fd` names now (`EPOLL_CTL_ADD` answering `EEXIST`, which changes
     /// nothing); if the add succeeds it is undone and `Ok(false)` returned.
     pub(crate) fn probe(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<bool> {
-        let res = match self {
-            Sys::Epoll(ep) => ep.add(fd, token, interest),
-            Sys::IoUring(u) => u.add(fd, token, interest),
+        let epfd = match self {
+            Sys::Epoll(ep) => ep.pollable(),
+            Sys::IoUring(u) => u.epoll_for(interest),
         };
-        match res {
-            Ok(()) => {
-                let _ = self.deregister(fd, interest);
-                Ok(false)
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(true),
-            Err(e) => Err(e),
+        let mut ev = libc::epoll_event {
+            events: (interest_bits(interest) | libc::EPOLLET) as u32,
+            u64: token,
+        };
+        // SAFETY: a live epoll_event for the kernel to read.
+        if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } == 0 {
+            let _ = self.deregister(fd, interest);
+            return Ok(false);
+        }
+        // Read errno without building an `io::Error` for the usual EEXIST.
+        // SAFETY: `__errno_location` returns this thread's errno.
+        match unsafe { *libc::__errno_location() } {
+            libc::EEXIST => Ok(true),
+            e => Err(io::Error::from_raw_os_error(e)),
         }
     }
 
@@ -309,6 +316,16 @@ pub(crate) fn set_ring_user() {
 #[inline]
 pub(crate) fn ring_user() -> bool {
     RING_USER.with(|r| r.get())
+}
+
+/// The epoll event bits a watch with `interest` asks for (edge bit apart).
+#[inline]
+pub(crate) fn interest_bits(interest: Interest) -> i32 {
+    match interest {
+        Interest::Read => libc::EPOLLIN | libc::EPOLLRDHUP,
+        Interest::Write => libc::EPOLLOUT,
+        Interest::Both => libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLOUT,
+    }
 }
 
 /// Read an `i32` socket option.

@@ -365,24 +365,12 @@ impl Uring {
         }
     }
 
-    /// `EPOLL_CTL_ADD` of a watch, errors as the kernel gives them.
-    pub(crate) fn add(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
-        let (ep, dir) = match interest {
-            Interest::Read => (0, libc::EPOLLIN | libc::EPOLLRDHUP),
-            Interest::Write => (1, libc::EPOLLOUT),
-            Interest::Both => (0, libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLOUT),
-        };
-        let mut ev = libc::epoll_event {
-            events: (dir | libc::EPOLLET) as u32,
-            u64: token,
-        };
-        syscall!(epoll_ctl(
-            self.eps[ep].as_raw_fd(),
-            libc::EPOLL_CTL_ADD,
-            fd,
-            &mut ev
-        ))
-        .map(drop)
+    /// The epoll instance a watch with `interest` lives in.
+    pub(crate) fn epoll_for(&self, interest: Interest) -> RawFd {
+        match interest {
+            Interest::Read | Interest::Both => self.eps[0].as_raw_fd(),
+            Interest::Write => self.eps[1].as_raw_fd(),
+        }
     }
 
     /// `EPOLL_CTL_DEL` of the watch made with `interest`, errors as the
@@ -437,11 +425,18 @@ impl Uring {
         // SAFETY: exclusive by this function's contract.
         let r = unsafe { &mut *self.reaper.get() };
         super::set_ring_user();
-        self.in_wait.store(true, Ordering::SeqCst);
+        // Only a wait that may block needs submitters to wake it (a poll
+        // pushes what it finds and returns; later ops wait for the next).
+        let blocking = timeout != Some(Duration::ZERO);
+        if blocking {
+            self.in_wait.store(true, Ordering::SeqCst);
+        }
         let (pushed, woken) = match self.arm(r) {
             Ok(p) => p,
             Err(e) => {
-                self.in_wait.store(false, Ordering::Release);
+                if blocking {
+                    self.in_wait.store(false, Ordering::Release);
+                }
                 return Err(e);
             }
         };
@@ -481,7 +476,9 @@ impl Uring {
                 self.ring.submitter().submit_with_args(1, &args).map(drop)
             }
         };
-        self.in_wait.store(false, Ordering::Release);
+        if blocking {
+            self.in_wait.store(false, Ordering::Release);
+        }
         let res = match res {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EBUSY)) => Ok(()),
             r => r,

@@ -37,6 +37,17 @@
 //! or directory, which has no registration and keeps its `(st_dev,
 //! st_ino)` for the same checks).
 //!
+//! **Level re-check.** A level knote stays on the ready list after its
+//! delivery and is re-checked before the next one: the identity probe
+//! above, then the `data` syscall (`FIONREAD`; `poll` with `NODATA`). A
+//! level-triggered epoll registration would let the kernel re-check for
+//! free, but a registration outlives the fd number while a dup or a
+//! forked child keeps the file open, and a level one would then report
+//! on every wait for good (no fd names it any more, so it cannot be
+//! deleted): a user closing such an fd without `EV_DELETE` — normal under
+//! kqueue — would turn every blocking `kevent()` into a busy loop. Edge
+//! registrations only ever report new activity, so the core keeps them.
+//!
 //! On io_uring the backend keeps a watch per knote (per direction) in
 //! epoll instances the ring waits on, not a `PollAdd`: a poll request pins
 //! the file, so a `close()` without `EV_DELETE` would not release a socket

@@ -205,6 +205,8 @@ pub struct Kqueue {
 struct Exposed {
     ep: OwnedFd,
     pending: OwnedFd,
+    /// What `ep` watches once armed.
+    backend_fds: [RawFd; 3],
     armed: std::sync::atomic::AtomicBool,
     signalled: std::sync::atomic::AtomicBool,
 }
@@ -894,17 +896,31 @@ impl Kqueue {
 }
 
 impl Exposed {
-    /// The pollable face: an epoll fd watching the backend's fd and an
-    /// eventfd that mirrors "the ready list is not empty". Built with the
-    /// queue (so errors surface from `Kqueue::new`), kept in sync only once
-    /// `as_fd()` was called.
+    /// The pollable face: an epoll fd that will watch the backend's fds and
+    /// an eventfd that mirrors "the ready list is not empty". Both are made
+    /// with the queue (so running out of fds surfaces from `Kqueue::new`),
+    /// but the watches are added only by the first `as_fd()`: a backend fd
+    /// nested in another epoll makes every wake-up of the backend's own
+    /// epoll walk the outer one too (the kernel's nested-epoll callbacks),
+    /// a cost on every event of a queue nobody polls from outside.
     fn new(backend_fds: [RawFd; 3]) -> io::Result<Exposed> {
         let ep = sys::syscall!(epoll_create1(libc::EPOLL_CLOEXEC))?;
         // SAFETY: `ep` was just created and is owned by no one else.
         let ep = unsafe { OwnedFd::from_raw_fd(ep) };
         let pending = sys::eventfd()?;
-        let [a, b, c] = backend_fds;
-        for fd in [a, b, c, pending.as_raw_fd()]
+        Ok(Exposed {
+            ep,
+            pending,
+            backend_fds,
+            armed: std::sync::atomic::AtomicBool::new(false),
+            signalled: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Add the watches (once, under the queue's lock).
+    fn arm(&self) {
+        let [a, b, c] = self.backend_fds;
+        for fd in [a, b, c, self.pending.as_raw_fd()]
             .into_iter()
             .filter(|&fd| fd >= 0)
         {
@@ -912,27 +928,33 @@ impl Exposed {
                 events: libc::EPOLLIN as u32,
                 u64: fd as u64,
             };
-            sys::syscall!(epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev))?;
+            if let Err(e) = sys::syscall!(epoll_ctl(
+                self.ep.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                fd,
+                &mut ev
+            )) {
+                log::warn!("kevent: the queue's pollable fd cannot watch fd {fd}: {e}");
+            }
         }
-        Ok(Exposed {
-            ep,
-            pending,
-            armed: std::sync::atomic::AtomicBool::new(false),
-            signalled: std::sync::atomic::AtomicBool::new(false),
-        })
     }
 }
 
 impl AsFd for Kqueue {
     /// An fd readable while events are pending (the ready list is not
     /// empty or the backend has events), so a queue nests in another queue
-    /// (`Filter::Read`), in epoll, or in tokio's `AsyncFd`. It is kept in
-    /// sync from the first call on; until then a queue pays nothing for it.
+    /// (`Filter::Read`), in epoll, or in tokio's `AsyncFd`. It is set up and
+    /// kept in sync from the first call on; until then a queue pays nothing
+    /// for it.
     fn as_fd(&self) -> BorrowedFd<'_> {
         use std::sync::atomic::Ordering;
-        if !self.exposed.armed.swap(true, Ordering::Relaxed) {
+        if !self.exposed.armed.load(Ordering::Acquire) {
             let st = self.state.lock();
-            self.sync_exposed(&st);
+            if !self.exposed.armed.load(Ordering::Relaxed) {
+                self.exposed.arm();
+                self.exposed.armed.store(true, Ordering::Release);
+                self.sync_exposed(&st);
+            }
         }
         self.exposed.ep.as_fd()
     }

@@ -525,20 +525,21 @@ impl Storage for FdStorage {
                 }
                 Err(err) => {
                     let errno = err.raw_os_error().unwrap_or(libc::EINVAL);
-                    let regular = errno == libc::EPERM
-                        && sys::fstat(fd).is_ok_and(|st| {
-                            matches!(st.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFDIR) && {
-                                e.dev = st.st_dev;
-                                e.ino = st.st_ino;
-                                true
-                            }
-                        });
-                    if regular {
-                        e.kind = Kind::Regular;
-                    } else {
+                    // EPERM: no poll support; a regular file or a directory
+                    // is watched its own way, anything else is refused.
+                    let file = match errno {
+                        libc::EPERM => sys::fstat(fd).ok().filter(|st| {
+                            matches!(st.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFDIR)
+                        }),
+                        _ => None,
+                    };
+                    let Some(st) = file else {
                         self.fds[fd as usize] = None;
                         return Err(errno);
-                    }
+                    };
+                    e.kind = Kind::Regular;
+                    e.dev = st.st_dev;
+                    e.ino = st.st_ino;
                 }
             }
         }

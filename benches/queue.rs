@@ -16,6 +16,11 @@
 //!   is the byte count, one `FIONREAD` per event, so its peer is the same
 //!   loop on raw mio plus that ioctl (`raw-mio-fionread`); with
 //!   `note::NODATA` kevent makes no ioctl and its peer is plain `raw-mio`.
+//! - `pingpong_level`: the ping-pong with a level READ knote: the loop
+//!   consumes each byte, so after each delivery the queue must find the
+//!   condition gone (the re-check) before it waits for the next byte;
+//!   peers: the same loop on raw level-triggered epoll (with `FIONREAD`
+//!   for default data).
 //! - `level_redelivery`: a level READ knote whose data is never consumed,
 //!   collected again and again; peers: raw level-triggered epoll, alone and
 //!   with the `FIONREAD` (`-nodata` variants are compared to the former,
@@ -393,6 +398,64 @@ fn pingpong_edge() -> Result<Group, String> {
     Ok(g)
 }
 
+fn pingpong_level() -> Result<Group, String> {
+    let mut g = Group::new("pingpong_level", None);
+    // A level READ knote whose data the loop consumes every time: after
+    // each delivery the queue must find out that the condition went away
+    // (FreeBSD's re-check), then wait for the next byte.
+    for be in backends() {
+        for (suffix, fflags, peer) in [
+            ("", 0, "raw-epoll-level-fionread"),
+            ("-nodata", note::NODATA, "raw-epoll-level"),
+        ] {
+            let kq = (be.make)().map_err(|e| format!("queue: {e}"))?;
+            let (mut rx, mut tx) = io::pipe().expect("pipe");
+            set_nonblocking(rx.as_raw_fd());
+            kq.kevent(
+                &[add(rx.as_raw_fd(), Flags::empty(), fflags)],
+                &mut [],
+                None,
+            )
+            .map_err(|e| format!("add: {e}"))?;
+            let mut out = [Kevent::default(); 8];
+            let mut byte = [0u8; 1];
+            g.add(
+                format!("kevent-{}{suffix}", be.name),
+                Some(peer),
+                move || {
+                    tx.write_all(b"x").expect("write");
+                    let n = wait(&kq, &mut out, None);
+                    debug_assert_eq!(n, 1);
+                    black_box(out[0].data);
+                    rx.read_exact(&mut byte).expect("read");
+                },
+            );
+        }
+    }
+    for fionread_too in [false, true] {
+        let ep = RawEpoll::new();
+        let (mut rx, mut tx) = io::pipe().expect("pipe");
+        set_nonblocking(rx.as_raw_fd());
+        ep.ctl(libc::EPOLL_CTL_ADD, rx.as_raw_fd(), libc::EPOLLIN as u32);
+        let mut buf = [libc::epoll_event { events: 0, u64: 0 }; 8];
+        let mut byte = [0u8; 1];
+        let name = if fionread_too {
+            "raw-epoll-level-fionread"
+        } else {
+            "raw-epoll-level"
+        };
+        g.add(name, None, move || {
+            tx.write_all(b"x").expect("write");
+            assert_eq!(ep.wait(&mut buf, -1), 1);
+            if fionread_too {
+                black_box(fionread(buf[0].u64 as RawFd));
+            }
+            rx.read_exact(&mut byte).expect("read");
+        });
+    }
+    Ok(g)
+}
+
 fn level_redelivery() -> Result<Group, String> {
     let mut g = Group::new("level_redelivery", None);
     let (rx, mut tx) = io::pipe().expect("pipe");
@@ -672,6 +735,7 @@ fn groups() -> Vec<(&'static str, Option<usize>, Build)> {
         ));
     }
     v.push(("pingpong_edge", None, Box::new(pingpong_edge)));
+    v.push(("pingpong_level", None, Box::new(pingpong_level)));
     v.push(("level_redelivery", None, Box::new(level_redelivery)));
     v.push(("add_delete", None, Box::new(add_delete)));
     v.push(("wake", None, Box::new(wake)));

@@ -1,9 +1,8 @@
-//! Level knotes after their delivery, on both backends: on epoll the
-//! kernel re-checks them when the next call re-arms their registration
-//! (at once when another thread waits or the queue is polled from
-//! outside); on io_uring they stay on the ready list. Either way a
-//! condition that still holds comes back, to another waiting thread too,
-//! and shows on the queue's own pollable fd.
+//! Level knotes after their delivery, on both backends: a condition that
+//! still holds comes back, to another waiting thread too, shows on the
+//! queue's own pollable fd, and wakes no edge-mode knote of the other
+//! direction. (Written for a kernel re-arm of the registration, measured
+//! and dropped — see `storage/fd.rs` — they hold for any scheme.)
 
 #[macro_use]
 mod util;

@@ -370,20 +370,6 @@ impl Kqueue {
             }
         }
         let result = self.collect(&mut st, events, min, timeout);
-        // Level knotes delivered now are re-armed by the next call, once
-        // the caller has consumed what it got; at once if another thread
-        // waits or the queue is polled from outside (for them, a condition
-        // that still holds must show).
-        if !st.core.rearm.is_empty()
-            && (st.polling
-                || st.followers > 0
-                || self
-                    .exposed
-                    .armed
-                    .load(std::sync::atomic::Ordering::Relaxed))
-        {
-            self.rearm_level(&mut st);
-        }
         // Events this call left on the ready list (its buffer was full)
         // belong to another waiter: wake a follower, or the leader blocked
         // in the backend; a follower also takes over an idle leadership.
@@ -462,9 +448,6 @@ impl Kqueue {
         min: usize,
         timeout: Option<Duration>,
     ) -> io::Result<usize> {
-        if !st.core.rearm.is_empty() {
-            self.rearm_level(st);
-        }
         let need = min.clamp(1, events.len());
         let poll_only = timeout == Some(Duration::ZERO);
         let deadline = match timeout {
@@ -783,40 +766,6 @@ impl Kqueue {
         res
     }
 
-    /// Re-arm the registrations of the level fd knotes delivered since the
-    /// last call: the kernel re-checks the condition (`EPOLL_CTL_MOD`
-    /// queues the fd if it is still ready, and fails if the number no
-    /// longer names the registered file), so a level redelivery costs no
-    /// identity check and no peek of its own.
-    #[cold]
-    fn rearm_level(&self, st: &mut State) {
-        let mut ids = std::mem::take(&mut st.core.rearm);
-        for &id in &ids {
-            let live = st
-                .core
-                .knotes
-                .get(id.key as usize)
-                .is_some_and(|k| k.gen == id.gen && k.status & (QUEUED | DISABLED) == 0);
-            if !live {
-                continue;
-            }
-            // Only the fd storage (always storage 0) queues re-arms.
-            let mut cx = Context {
-                core: &mut st.core,
-                sys: &self.sys,
-                storage: 0,
-                index: &mut st.index,
-            };
-            if let Some(Slot::Fd(fs)) = st.storages.first_mut() {
-                fs.rearm(&mut cx, id);
-            }
-        }
-        ids.clear();
-        if st.core.rearm.is_empty() {
-            st.core.rearm = ids;
-        }
-    }
-
     /// Hand one backend event to the storage its token names.
     #[inline(always)]
     fn dispatch_os(&self, st: &mut State, token: u64, ready: Readiness, res: i32) {
@@ -881,17 +830,7 @@ impl Kqueue {
                 Delivered::Yes => n += 1,
                 Delivered::Level => {
                     n += 1;
-                    // An fd knote on epoll: the kernel re-checks it when its
-                    // registration is re-armed (`rearm_level`); anything
-                    // else stays queued for a re-check at collection.
-                    let kernel = matches!(slot, Slot::Fd(fs) if fs.can_rearm(&cx, id));
-                    if kernel {
-                        cx.core.rearm.push(id);
-                    } else {
-                        let k = &mut cx.core.knotes[key as usize];
-                        cx.core.ready.push(k, key);
-                        held += 1;
-                    }
+                    held += 1;
                 }
             }
         }
@@ -931,8 +870,8 @@ impl Kqueue {
                 storage.clear(cx, id);
             }
         } else {
-            // Level: re-checked before the next delivery (the caller
-            // requeues it, or has the kernel re-check it).
+            // Level: stays queued; re-checked before the next delivery.
+            cx.core.ready.push(k, id.key);
             return Delivered::Level;
         }
         Delivered::Yes

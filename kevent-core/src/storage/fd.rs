@@ -37,32 +37,25 @@
 //! or directory, which has no registration and keeps its `(st_dev,
 //! st_ino)` for the same checks).
 //!
-//! **Level re-check.** On epoll, a delivered level knote is not kept on
-//! the ready list: the next `kevent()` call re-arms its fd's registration
-//! (`EPOLL_CTL_MOD`, the same edge-triggered interest), and the kernel
-//! re-checks the condition there — still ready, the fd is reported again
-//! as a fresh event; gone, nothing; a closed or reused number fails the
-//! `MOD`, and the knotes go. (At once, not at the next call, when another
-//! thread waits or the queue is polled from outside.) Per message of a
-//! level-triggered loop that reads everything and waits again this is
-//! `MOD` + wait + `FIONREAD` (3 syscalls; raw level-triggered epoll: 2)
-//! where keeping the knote queued cost a peek, an identity check and a
-//! `FIONREAD` that finds nothing before the wait (5); a condition never
-//! consumed costs `MOD` + wait (+ `FIONREAD`) per call. When new data has
-//! already arrived by the next call, the queued scheme's peek would have
-//! found it fresh (2 syscalls against 3): `pingpong_level` in the queue
-//! bench is that case. Not re-armed (kept queued and re-checked with the
-//! identity probe and the `data` syscall): regular files, io_uring (whose
-//! peek of the ring costs no syscall), and an fd whose other direction
-//! has an edge-mode knote (the re-arm re-reports every direction).
-//!
-//! Why not a level-triggered registration, which would re-check for free
-//! in every wait: a registration outlives the fd number while a dup or a
-//! forked child keeps the file open, and a level one would then report on
-//! every wait for good (no fd names it any more, so it cannot be deleted):
-//! a user closing such an fd without `EV_DELETE` — normal under kqueue —
-//! would turn every blocking `kevent()` into a busy loop. Edge
-//! registrations only ever report new activity.
+//! **Level re-check.** A level knote stays on the ready list after its
+//! delivery and is re-checked before the next one: the identity probe
+//! above, then the `data` syscall (`FIONREAD`; `poll` with `NODATA`);
+//! when new activity has arrived meanwhile, the call's peek of the
+//! backend finds the knote fresh and the probe is skipped. Two kernel
+//! re-checks were measured and not kept:
+//! - re-arming the registration (`EPOLL_CTL_MOD`, which re-polls the file
+//!   and reports it again if still ready) at the next call, instead of
+//!   keeping the knote queued: fewer syscalls in a loop that consumes and
+//!   waits (3 per message instead of 5), but an `EPOLL_CTL_MOD` costs far
+//!   more than the probe, and on the queue bench `level_redelivery` went
+//!   from 1.12x to 1.71x raw level-triggered epoll + `FIONREAD` (CPU), and
+//!   `pingpong_level` from 1.11x to 1.38x;
+//! - a level-triggered registration, which would re-check for free in
+//!   every wait: a registration outlives the fd number while a dup or a
+//!   forked child keeps the file open, and a level one would then report
+//!   on every wait for good (no fd names it any more, so it cannot be
+//!   deleted): a user closing such an fd without `EV_DELETE` — normal
+//!   under kqueue — would turn every blocking `kevent()` into a busy loop.
 //!
 //! On io_uring the backend keeps a watch per knote (per direction) in
 //! epoll instances the ring waits on, not a `PollAdd`: a poll request pins
@@ -378,57 +371,6 @@ impl FdStorage {
                     self.drop_entry(cx, fd);
                 }
                 Some(Err(errno))
-            }
-        }
-    }
-
-    /// Whether a delivered level knote can be re-checked by re-arming its
-    /// fd's registration rather than by staying queued: epoll backend (one
-    /// registration per fd, so the re-arm re-reports every direction),
-    /// a registered fd, and no edge-mode (`CLEAR`, `ONESHOT`, `DISPATCH`)
-    /// knote on the other direction, which the re-report would wake
-    /// without new activity.
-    pub(crate) fn can_rearm(&self, cx: &Context<'_>, id: KnoteId) -> bool {
-        if cx.per_knote_watches() {
-            return false;
-        }
-        let k = cx.knote(id);
-        let Some(Some(e)) = self.fds.get(k.ident() as usize) else {
-            return false;
-        };
-        if e.kind == Kind::Regular || e.registered == 0 {
-            return false;
-        }
-        let other = if k.filter() == Filter::Read {
-            e.write
-        } else {
-            e.read
-        };
-        other.is_none_or(|o| {
-            cx.try_knote(o).is_some_and(|ok| {
-                !ok.flags()
-                    .intersects(Flags::CLEAR | Flags::ONESHOT | Flags::DISPATCH)
-            })
-        })
-    }
-
-    /// Re-arm the registration of a delivered level knote's fd (see
-    /// [`FdStorage::can_rearm`]); a closed or reused number drops the
-    /// entry's knotes, as a close does on FreeBSD.
-    pub(crate) fn rearm(&mut self, cx: &mut Context<'_>, id: KnoteId) {
-        let fd = cx.knote(id).ident() as RawFd;
-        let Some(e) = self.entry(fd) else {
-            return;
-        };
-        let interest = match e.registered {
-            0 => return,
-            1 => Interest::Read,
-            2 => Interest::Write,
-            _ => Interest::Both,
-        };
-        if let Err(err) = cx.rearm_watch(fd, interest, payload_of(e.gen, 0, fd)) {
-            if matches!(err.raw_os_error(), Some(libc::ENOENT) | Some(libc::EBADF)) {
-                self.drop_entry(cx, fd);
             }
         }
     }

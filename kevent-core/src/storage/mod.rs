@@ -153,15 +153,6 @@ impl Context<'_> {
 
     /// The knote behind `id` if it is still live.
     #[inline]
-    pub(crate) fn try_knote(&self, id: KnoteId) -> Option<&Knote> {
-        self.core
-            .knotes
-            .get(id.key as usize)
-            .filter(|k| k.gen == id.gen)
-    }
-
-    /// The knote behind `id` if it is still live.
-    #[inline]
     pub fn try_knote_mut(&mut self, id: KnoteId) -> Option<&mut Knote> {
         self.core
             .knotes
@@ -299,24 +290,6 @@ impl Context<'_> {
         self.sys.probe(fd, token, interest)
     }
 
-    /// Re-arm this storage's watch of `fd` (`EPOLL_CTL_MOD` with the same
-    /// interest): the kernel re-checks readiness and reports the fd again
-    /// if it is still ready. Fails with `ENOENT`/`EBADF` if `fd` no longer
-    /// names the registered file. Epoll backend only (`Unsupported` on
-    /// io_uring, whose level knotes stay on the ready list).
-    pub(crate) fn rearm_watch(
-        &mut self,
-        fd: RawFd,
-        interest: Interest,
-        payload: u64,
-    ) -> io::Result<()> {
-        let token = ((self.storage as u64 + 1) << PAYLOAD_BITS) | (payload & PAYLOAD_MASK);
-        match self.sys {
-            Sys::Epoll(ep) => ep.modify(fd, token, interest),
-            Sys::IoUring(_) => Err(io::ErrorKind::Unsupported.into()),
-        }
-    }
-
     /// Stop watching `fd` (a watch made with `Interest::Read` or `Both`).
     /// An fd already closed is not an error.
     pub fn unwatch_fd(&mut self, fd: RawFd) -> io::Result<()> {
@@ -360,9 +333,6 @@ pub(crate) struct Core {
     /// `call_round`.
     pub(crate) round: u64,
     pub(crate) call_round: u64,
-    /// Level fd knotes delivered, whose registrations the next call
-    /// re-arms (see `Kqueue::rearm_level`).
-    pub(crate) rearm: Vec<KnoteId>,
 }
 
 impl Core {

@@ -9,12 +9,25 @@
 //!   busy-polling; the time reported is half a round trip, i.e. one
 //!   hand-off from one core to the other.
 //!
+//! - `channel/wake_per_burst/*`: what waking a consumer asleep in its
+//!   kevent queue costs, for the two designs a channel's wake-up could
+//!   take: the producer writes the channel's eventfd, which the queue
+//!   watches as a `READ` knote (what `ChannelConsumer` does), or the
+//!   producer triggers a `Filter::User` knote through the queue
+//!   (`NOTE_TRIGGER`). Both on epoll and io_uring. The time is the
+//!   wake-up latency (wake call to the consumer running again).
+//!
 //! Goals (issue 6): burst >= 1.0x rtrb chunked and >= 20x ArrayQueue;
 //! one-way hand-off <= 60 ns. Run:
-//! `cargo bench --bench channel -- --warm-up-time 1 --measurement-time 3`
-//! and compare the medians of the same run.
+//! `cargo bench --bench channel -- --warm-up-time 1 --measurement-time 3`.
+//! After criterion, an interleaved summary (every peer once per round,
+//! medians over the rounds) prints rates beside process CPU time per
+//! descriptor, the goal ratios with PASS/FAIL, and the wake-up costs;
+//! `cargo bench --bench channel -- NONE` runs only the summary.
 
 use std::hint::black_box;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Barrier};
 use std::thread;
@@ -22,7 +35,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion, Throughput};
 use crossbeam_queue::ArrayQueue;
-use kevent::kevent_net::{channel, PacketDesc};
+use kevent::kevent_net::{channel, Notifier, PacketDesc};
+use kevent::{note, Backend, Filter, Flags, Kevent, Kqueue};
 
 /// Ring capacity for every peer.
 const CAP: usize = 4096;
@@ -51,9 +65,38 @@ fn desc(i: u64) -> PacketDesc {
     PacketDesc::new(i as u32, 64, i)
 }
 
+fn clock(id: libc::clockid_t) -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes one timespec; the clock ids used always exist.
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// CPU time of the whole process (both threads of a run), ns-precise.
+fn process_cpu() -> Duration {
+    clock(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    clock(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+/// One timed run: wall time, and the CPU time both threads used.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    wall: Duration,
+    cpu: Duration,
+}
+
 /// Runs `produce` on this thread and `consume` on another, both released
-/// by one barrier; returns the time until both are done.
-fn two_threads<P, C>(produce: P, consume: C) -> Duration
+/// by one barrier; returns the wall and process CPU time until both are
+/// done (the thread spawn is outside the CPU window but not the wall one:
+/// tens of µs against runs of milliseconds).
+fn two_threads<P, C>(produce: P, consume: C) -> Sample
 where
     P: FnOnce(),
     C: FnOnce() -> u64 + Send + 'static,
@@ -66,12 +109,16 @@ where
     });
     start.wait();
     let t = Instant::now();
+    let c = process_cpu();
     produce();
     black_box(consumer.join().unwrap());
-    t.elapsed()
+    Sample {
+        wall: t.elapsed(),
+        cpu: process_cpu() - c,
+    }
 }
 
-fn kevent_single(n: u64) -> Duration {
+fn kevent_single(n: u64) -> Sample {
     let (mut tx, mut rx) = channel(CAP).unwrap();
     two_threads(
         move || {
@@ -101,7 +148,7 @@ fn kevent_single(n: u64) -> Duration {
     )
 }
 
-fn kevent_burst(n: u64) -> Duration {
+fn kevent_burst(n: u64) -> Sample {
     let (mut tx, mut rx) = channel(CAP).unwrap();
     two_threads(
         move || {
@@ -145,7 +192,7 @@ fn kevent_burst(n: u64) -> Duration {
     )
 }
 
-fn rtrb_single(n: u64) -> Duration {
+fn rtrb_single(n: u64) -> Sample {
     let (mut tx, mut rx) = rtrb::RingBuffer::<PacketDesc>::new(CAP);
     two_threads(
         move || {
@@ -175,7 +222,7 @@ fn rtrb_single(n: u64) -> Duration {
     )
 }
 
-fn rtrb_chunked(n: u64) -> Duration {
+fn rtrb_chunked(n: u64) -> Sample {
     let (mut tx, mut rx) = rtrb::RingBuffer::<PacketDesc>::new(CAP);
     two_threads(
         move || {
@@ -219,7 +266,7 @@ fn rtrb_chunked(n: u64) -> Duration {
     )
 }
 
-fn array_queue(n: u64) -> Duration {
+fn array_queue(n: u64) -> Sample {
     let q = Arc::new(ArrayQueue::<PacketDesc>::new(CAP));
     let rx = q.clone();
     two_threads(
@@ -250,7 +297,7 @@ fn array_queue(n: u64) -> Duration {
     )
 }
 
-fn std_sync_channel(n: u64) -> Duration {
+fn std_sync_channel(n: u64) -> Sample {
     let (tx, rx) = sync_channel::<PacketDesc>(CAP);
     two_threads(
         move || {
@@ -269,8 +316,8 @@ fn std_sync_channel(n: u64) -> Duration {
 }
 
 /// `iters * TRIPS` round trips over two kevent channels; returns the time
-/// of `iters` one-way hand-offs (half a round trip each).
-fn kevent_handoff(iters: u64) -> Duration {
+/// (wall and CPU) of `iters` one-way hand-offs (half a round trip each).
+fn kevent_handoff(iters: u64) -> Sample {
     let iters = iters * TRIPS;
     let (mut ping_tx, mut ping_rx) = channel(64).unwrap();
     let (mut pong_tx, mut pong_rx) = channel(64).unwrap();
@@ -302,11 +349,14 @@ fn kevent_handoff(iters: u64) -> Duration {
             0
         },
     );
-    rtt / (2 * TRIPS as u32)
+    Sample {
+        wall: rtt.wall / (2 * TRIPS as u32),
+        cpu: rtt.cpu / (2 * TRIPS as u32),
+    }
 }
 
 /// The same ping-pong over rtrb, for scale.
-fn rtrb_handoff(iters: u64) -> Duration {
+fn rtrb_handoff(iters: u64) -> Sample {
     let iters = iters * TRIPS;
     let (mut ping_tx, mut ping_rx) = rtrb::RingBuffer::<PacketDesc>::new(64);
     let (mut pong_tx, mut pong_rx) = rtrb::RingBuffer::<PacketDesc>::new(64);
@@ -338,11 +388,14 @@ fn rtrb_handoff(iters: u64) -> Duration {
             0
         },
     );
-    rtt / (2 * TRIPS as u32)
+    Sample {
+        wall: rtt.wall / (2 * TRIPS as u32),
+        cpu: rtt.cpu / (2 * TRIPS as u32),
+    }
 }
 
-/// A throughput run: moves `n` descriptors, returns the wall time.
-type Run = fn(u64) -> Duration;
+/// A throughput run: moves `n` descriptors, returns its times.
+type Run = fn(u64) -> Sample;
 
 fn throughput(c: &mut Criterion) {
     let mut g = c.benchmark_group("channel/throughput");
@@ -357,7 +410,7 @@ fn throughput(c: &mut Criterion) {
         ("std_sync_channel", std_sync_channel),
     ];
     for (name, run) in peers {
-        g.bench_function(name, |b| b.iter_custom(|iters| run(iters * BATCH)));
+        g.bench_function(name, |b| b.iter_custom(|iters| run(iters * BATCH).wall));
     }
     g.finish();
 }
@@ -365,18 +418,158 @@ fn throughput(c: &mut Criterion) {
 fn handoff(c: &mut Criterion) {
     let mut g = c.benchmark_group("channel/handoff_one_way");
     g.sample_size(20);
-    g.bench_function("kevent", |b| b.iter_custom(kevent_handoff));
-    g.bench_function("rtrb", |b| b.iter_custom(rtrb_handoff));
+    g.bench_function("kevent", |b| b.iter_custom(|i| kevent_handoff(i).wall));
+    g.bench_function("rtrb", |b| b.iter_custom(|i| rtrb_handoff(i).wall));
     g.finish();
 }
 
-criterion_group!(benches, throughput, handoff);
+/// How the producer wakes a consumer asleep in its queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wake {
+    /// `write(2)` to an eventfd the queue watches as a `READ` knote
+    /// (`CLEAR | NODATA`): the channel's design.
+    EventfdRead,
+    /// `kevent()` with a `NOTE_TRIGGER` change for a `Filter::User` knote
+    /// (`CLEAR`) of the consumer's queue.
+    UserTrigger,
+}
+
+/// One wake-up measured: the waker's CPU time inside the wake call and
+/// the wake-up latency (wake call to the consumer's return from
+/// `kevent()`).
+#[derive(Clone, Copy, Debug, Default)]
+struct WakeCost {
+    waker_cpu: Duration,
+    latency: Duration,
+}
+
+/// `n` wake-ups of a consumer blocked in `kevent()` on backend `b`: the
+/// waker waits until the consumer has announced its sleep and then spins
+/// 30 µs so it is really blocked, wakes it, and waits for it to report.
+/// Returns the sums over the `n` wake-ups.
+fn wake_run(b: Backend, how: Wake, n: u64) -> WakeCost {
+    // 0: running; odd: about to block (round = (v + 1) / 2); the consumer
+    // stores `2 * round` when it runs again, with its wake time in `woke`.
+    let state = Arc::new(AtomicU64::new(0));
+    let woke = Arc::new(AtomicU64::new(0));
+    let kq = Arc::new(Kqueue::with_backend(b).expect("queue"));
+    let efd = Notifier::new().expect("eventfd");
+    let knote = match how {
+        Wake::EventfdRead => Kevent::new(
+            efd.as_fd().as_raw_fd() as u64,
+            Filter::Read,
+            Flags::ADD | Flags::CLEAR,
+            note::NODATA,
+            0,
+            0,
+        ),
+        Wake::UserTrigger => Kevent::new(1, Filter::User, Flags::ADD | Flags::CLEAR, 0, 0, 0),
+    };
+    kq.kevent(&[knote], &mut [], None).expect("register");
+    let base = Instant::now();
+    let consumer = {
+        let (state, woke, kq) = (state.clone(), woke.clone(), kq.clone());
+        thread::spawn(move || {
+            let mut ev = [Kevent::default(); 4];
+            for round in 1..=n {
+                state.store(2 * round - 1, Ordering::Release);
+                loop {
+                    match kq.kevent(&[], &mut ev, Some(Duration::from_secs(5))) {
+                        Ok(k) if k > 0 => break,
+                        Ok(_) => panic!("wake-up lost in round {round}"),
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => panic!("kevent: {e}"),
+                    }
+                }
+                woke.store(base.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                state.store(2 * round, Ordering::Release);
+            }
+        })
+    };
+    let trigger = [Kevent::new(
+        1,
+        Filter::User,
+        Flags::empty(),
+        note::TRIGGER,
+        0,
+        0,
+    )];
+    let mut sum = WakeCost::default();
+    for round in 1..=n {
+        while state.load(Ordering::Acquire) != 2 * round - 1 {
+            std::hint::spin_loop();
+        }
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_micros(30) {
+            std::hint::spin_loop();
+        }
+        let c0 = thread_cpu();
+        let t0 = base.elapsed();
+        match how {
+            Wake::EventfdRead => efd.notify().expect("eventfd write"),
+            Wake::UserTrigger => {
+                kq.kevent(&trigger, &mut [], None).expect("trigger");
+            }
+        }
+        sum.waker_cpu += thread_cpu() - c0;
+        // The consumer may already have announced its next sleep (2r + 1);
+        // `woke` is not overwritten before this round's is read, since the
+        // next wake needs us.
+        while state.load(Ordering::Acquire) < 2 * round {
+            std::hint::spin_loop();
+        }
+        let w = Duration::from_nanos(woke.load(Ordering::Relaxed));
+        sum.latency += w.saturating_sub(t0);
+    }
+    consumer.join().unwrap();
+    sum
+}
+
+const WAKES: [(&str, Backend, Wake); 4] = [
+    (
+        "epoll/eventfd_read_knote",
+        Backend::Epoll,
+        Wake::EventfdRead,
+    ),
+    ("epoll/user_trigger", Backend::Epoll, Wake::UserTrigger),
+    (
+        "io_uring/eventfd_read_knote",
+        Backend::IoUring,
+        Wake::EventfdRead,
+    ),
+    ("io_uring/user_trigger", Backend::IoUring, Wake::UserTrigger),
+];
+
+fn wake(c: &mut Criterion) {
+    let mut g = c.benchmark_group("channel/wake_per_burst");
+    g.sample_size(10);
+    for (name, b, how) in WAKES {
+        if Kqueue::with_backend(b).is_err() {
+            eprintln!("channel/wake_per_burst/{name}: backend unavailable, skipped");
+            continue;
+        }
+        g.bench_function(name, |bch| bch.iter_custom(|i| wake_run(b, how, i).latency));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, throughput, handoff, wake);
+
+fn mark(ok: bool) -> &'static str {
+    if ok {
+        "PASS"
+    } else {
+        "FAIL"
+    }
+}
 
 /// Peers run interleaved (A B C ... A B C ...) in one process, as
 /// `BENCHMARKING.md` asks on this noisy shared machine; prints each peer's
-/// median and best rate, and the ratios the goals are stated in.
+/// median rate and CPU time per descriptor, the ratios the goals are
+/// stated in with PASS/FAIL, and the wake-up costs of both designs.
 fn interleaved_summary() {
     const ROUNDS: usize = 9;
+    const WAKE_N: u64 = 500;
     let peers: [(&str, Run); 6] = [
         ("kevent_single", kevent_single),
         ("kevent_burst", kevent_burst),
@@ -385,40 +578,111 @@ fn interleaved_summary() {
         ("crossbeam_array_queue", array_queue),
         ("std_sync_channel", std_sync_channel),
     ];
+    let wakes: Vec<_> = WAKES
+        .iter()
+        .filter(|(_, b, _)| Kqueue::with_backend(*b).is_ok())
+        .collect();
     let mut rates = vec![Vec::new(); peers.len()];
+    let mut cpus = vec![Vec::new(); peers.len()];
     let mut handoffs = [Vec::new(), Vec::new()];
+    let mut handoff_cpu = [Vec::new(), Vec::new()];
+    let mut wake_cpu = vec![Vec::new(); wakes.len()];
+    let mut wake_lat = vec![Vec::new(); wakes.len()];
     for _ in 0..ROUNDS {
         for (i, (_, run)) in peers.iter().enumerate() {
             let t = run(BATCH);
-            rates[i].push(BATCH as f64 / t.as_secs_f64() / 1e6);
+            rates[i].push(BATCH as f64 / t.wall.as_secs_f64() / 1e6);
+            cpus[i].push(t.cpu.as_nanos() as f64 / BATCH as f64);
         }
-        handoffs[0].push(kevent_handoff(2).as_nanos() as f64 / 2.0);
-        handoffs[1].push(rtrb_handoff(2).as_nanos() as f64 / 2.0);
+        for (i, h) in [kevent_handoff(2), rtrb_handoff(2)].iter().enumerate() {
+            handoffs[i].push(h.wall.as_nanos() as f64 / 2.0);
+            handoff_cpu[i].push(h.cpu.as_nanos() as f64 / 2.0);
+        }
+        for (i, (_, b, how)) in wakes.iter().enumerate() {
+            let w = wake_run(*b, *how, WAKE_N);
+            wake_cpu[i].push(w.waker_cpu.as_nanos() as f64 / WAKE_N as f64);
+            wake_lat[i].push(w.latency.as_nanos() as f64 / WAKE_N as f64 / 1e3);
+        }
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    println!("\ninterleaved summary ({ROUNDS} rounds, {BATCH} descriptors per run)");
+    println!(
+        "\ninterleaved summary ({ROUNDS} rounds, {BATCH} descriptors per run; CPU = both threads)"
+    );
     let mut med = Vec::new();
-    for ((name, _), r) in peers.iter().zip(&mut rates) {
+    for (((name, _), r), c) in peers.iter().zip(&mut rates).zip(&mut cpus) {
         let m = median(r);
         let best = r.iter().copied().fold(0.0, f64::max);
-        println!("  {name:<24} median {m:>8.1} M/s   best {best:>8.1} M/s");
+        let cpu = median(c);
+        println!(
+            "  {name:<24} median {m:>8.1} M/s   best {best:>8.1} M/s   CPU {cpu:>7.2} ns/descriptor"
+        );
         med.push(m);
     }
+    let (k, r) = (median(&mut handoffs[0]), median(&mut handoffs[1]));
+    let (kc, rc) = (median(&mut handoff_cpu[0]), median(&mut handoff_cpu[1]));
     println!(
-        "  ratios (medians): burst/rtrb_chunked {:.2}x, burst/array_queue {:.1}x, \
-         single/rtrb_single {:.2}x",
-        med[1] / med[3],
-        med[1] / med[4],
+        "  one-way hand-off (median): kevent {k:.0} ns (CPU {kc:.0} ns), rtrb {r:.0} ns (CPU {rc:.0} ns)"
+    );
+    let burst_rtrb = med[1] / med[3];
+    let burst_aq = med[1] / med[4];
+    println!("  goals (issue 6):");
+    println!(
+        "    burst / rtrb_chunked   {burst_rtrb:>6.2}x  (>= 1.0x)  {}",
+        mark(burst_rtrb >= 1.0)
+    );
+    println!(
+        "    burst / array_queue    {burst_aq:>6.1}x  (>= 20x)   {}",
+        mark(burst_aq >= 20.0)
+    );
+    println!(
+        "    one-way hand-off       {k:>6.0} ns  (<= 60 ns)  {}",
+        mark(k <= 60.0)
+    );
+    println!(
+        "    (single / rtrb_single {:.2}x, no goal)",
         med[0] / med[2]
     );
-    let (k, r) = (median(&mut handoffs[0]), median(&mut handoffs[1]));
-    println!("  one-way hand-off (median): kevent {k:.0} ns, rtrb {r:.0} ns");
+    if !wakes.is_empty() {
+        println!("  wake-up of a consumer asleep in its queue ({WAKE_N} per round, medians):");
+        for (i, (name, _, _)) in wakes.iter().enumerate() {
+            println!(
+                "    {name:<30} waker CPU {:>6.0} ns/wake   latency {:>6.1} us",
+                median(&mut wake_cpu[i]),
+                median(&mut wake_lat[i])
+            );
+        }
+    }
+}
+
+/// `CHANNEL_WAKE_ONLY=<n>` (optionally `CHANNEL_WAKE_DESIGN=<name>`, e.g.
+/// `epoll/user_trigger`): only `n` wake-ups per design, printed — a fixed
+/// count to run under `strace -f -c` and divide by.
+fn wake_only(n: u64) {
+    let only = std::env::var("CHANNEL_WAKE_DESIGN").ok();
+    for (name, b, how) in WAKES {
+        if only.as_deref().is_some_and(|o| o != name) || Kqueue::with_backend(b).is_err() {
+            continue;
+        }
+        let w = wake_run(b, how, n);
+        println!(
+            "{name}: {n} wake-ups, waker CPU {:.0} ns/wake, latency {:.1} us",
+            w.waker_cpu.as_nanos() as f64 / n as f64,
+            w.latency.as_nanos() as f64 / n as f64 / 1e3
+        );
+    }
 }
 
 fn main() {
+    if let Some(n) = std::env::var("CHANNEL_WAKE_ONLY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        wake_only(n);
+        return;
+    }
     benches();
     Criterion::default().configure_from_args().final_summary();
     // Only under `cargo bench` (which passes --bench), not `cargo test`.

@@ -177,6 +177,13 @@ impl Builder {
         self.0.backend()
     }
 
+    /// One thread only collects events ([`kevent_core::Builder::single_thread`]:
+    /// `SINGLE_ISSUER | DEFER_TASKRUN` on io_uring).
+    #[must_use]
+    pub fn single_thread(self) -> Builder {
+        Builder(self.0.single_thread())
+    }
+
     /// Build the queue.
     ///
     /// # Errors

@@ -19,8 +19,8 @@ use kevent::Backend;
 
 backends_complete_test!();
 
-fn run(b: Backend, rx: bridge::Rx) {
-    let cfg = bridge::Config {
+fn config(b: Backend, rx: bridge::Rx) -> bridge::Config {
+    bridge::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         frame_ms: 20,
         rate: 8000,
@@ -36,7 +36,11 @@ fn run(b: Backend, rx: bridge::Rx) {
         cpu: None,
         fifo: None,
         alloc_count: None,
-    };
+    }
+}
+
+fn run(b: Backend, rx: bridge::Rx) {
+    let cfg = config(b, rx);
     let r = bridge::run(&cfg).unwrap();
     let s = r.sim.unwrap();
     eprintln!("{b:?} {rx:?}: {r:?}");
@@ -61,4 +65,35 @@ backend_test!(three_participants_hear_the_others_tick_rx, |b: Backend| {
 
 backend_test!(three_participants_hear_the_others_event_rx, |b: Backend| {
     run(b, bridge::Rx::Event)
+});
+
+backend_test!(absurd_values_are_errors_not_panics, |b: Backend| {
+    type Bad = fn(&mut bridge::Config);
+    let cases: [(&str, Bad); 9] = [
+        ("jitter", |c| c.jitter_ms = u32::MAX),
+        ("jitter", |c| c.jitter_ms = bridge::MAX_JITTER_MS + 1),
+        ("loss", |c| c.loss = f64::NAN),
+        ("loss", |c| c.loss = 1.5),
+        ("seconds", |c| c.seconds = f64::INFINITY),
+        ("seconds", |c| c.seconds = 0.0),
+        ("participants", |c| c.simulate = usize::MAX),
+        ("participants", |c| c.max_participants = 1 << 40),
+        ("frame", |c| c.frame_ms = 0),
+    ];
+    for (what, bad) in cases {
+        let mut cfg = config(b, bridge::Rx::Tick);
+        bad(&mut cfg);
+        let e = bridge::run(&cfg).expect_err(what);
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{what}: {e}");
+    }
+    // The largest jitter accepted runs (no overflow, no huge allocation).
+    let mut cfg = config(b, bridge::Rx::Tick);
+    cfg.jitter_ms = bridge::MAX_JITTER_MS;
+    cfg.seconds = 0.2;
+    cfg.warmup = Duration::ZERO;
+    cfg.verify = false;
+    let r = bridge::run(&cfg).unwrap();
+    assert!(r.ticks >= 5, "{r:?}");
+    // The timer's schedule was bracketed by the ADD call.
+    assert!(r.tick_schedule_uncertainty_us > 0.0, "{r:?}");
 });

@@ -79,19 +79,29 @@ backend_test!(consumer_sees_the_buffer_the_kernel_filled, |b: Backend| {
     assert_eq!(trace.len(), N);
     let got = pop_all(&mut rx);
     assert_eq!(got.len(), N);
+    let mut kernel_addrs = std::collections::HashSet::new();
     for (i, d) in got.iter().enumerate() {
-        // The very buffer: same id, and its payload address is the one the
-        // kernel was given for this datagram.
+        // The very buffer: the trace records, per datagram, the payload
+        // address the kernel was handed (the recvmmsg iovec, or the
+        // buffer-ring entry the completion consumed plus the recvmsg
+        // layout). The slice the consumer reads must start there and hold
+        // the datagram: a receive into scratch memory followed by a copy
+        // into the pool would hand the kernel other addresses.
         let (tid, kaddr) = trace[i];
         assert_eq!(d.buf, tid, "packet {i}");
-        let addr = pool.as_ptr() as usize + d.buf as usize * pool.buf_size() + HEADROOM;
-        assert_eq!(addr, kaddr as usize, "packet {i}");
         // SAFETY: the id came through the channel from the source, once.
         let buf = unsafe { pool.from_raw(d.buf) }.unwrap();
         let bytes = pool.bytes(&buf).unwrap();
-        assert_eq!(bytes.as_ptr() as usize + HEADROOM, addr);
+        let seen = payload(bytes, d.len).unwrap();
+        assert_eq!(seen.as_ptr(), kaddr, "packet {i}: not the kernel's memory");
+        let region = pool.as_ptr() as usize..pool.as_ptr() as usize + pool.region_len();
+        assert!(region.contains(&(kaddr as usize)), "packet {i}");
+        assert!(
+            kernel_addrs.insert(kaddr as usize),
+            "packet {i}: address reused"
+        );
         let want = format!("packet {i:04} {}", "x".repeat(i));
-        assert_eq!(payload(bytes, d.len), Some(want.as_bytes()), "packet {i}");
+        assert_eq!(seen, want.as_bytes(), "packet {i}");
         assert_eq!(
             bytes[HEADROOM + d.len as usize],
             0xAA,
@@ -264,4 +274,21 @@ backend_test!(the_sources_event_fires_in_the_queue, |b: Backend| {
         );
         pool.free(buf);
     }
+});
+
+backend_test!(absurd_channel_counts_are_errors, |b: Backend| {
+    let kq = util::kq(b);
+    let pool = Arc::new(BufferPool::new(16, 2048).unwrap());
+    for channels in [usize::MAX, usize::MAX / 8, 1 << 60] {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut c = Classifier::new(channels, 0).unwrap();
+        assert_eq!(
+            c.reserve(usize::MAX).unwrap_err(),
+            kevent::kevent_net::ClassifierError::OutOfMemory
+        );
+        let e = PacketSource::for_queue(&kq, sock, Arc::clone(&pool), c).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::OutOfMemory, "{channels}: {e}");
+    }
+    // Nothing was taken from the pool on the way out.
+    assert_eq!(pool.available(), 16);
 });

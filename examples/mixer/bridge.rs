@@ -97,6 +97,10 @@ pub(crate) struct Report {
     pub(crate) tick_p50_us: f64,
     pub(crate) tick_p99_us: f64,
     pub(crate) tick_max_us: f64,
+    /// Bound on how far the measured schedule's start may precede the
+    /// timer's real one (the timed ADD's duration): lateness is overstated
+    /// by at most this.
+    pub(crate) tick_schedule_uncertainty_us: f64,
     /// Wake-up to last send of a tick (poll, joins, mix, send), p99.
     pub(crate) mix_p99_us: f64,
     /// The `sendmmsg` part of a tick, p99.
@@ -173,26 +177,78 @@ fn thread_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// Largest simulated jitter, in ms.
+pub(crate) const MAX_JITTER_MS: u32 = 1000;
+/// Largest participant count.
+pub(crate) const MAX_PARTICIPANTS: usize = 65535;
+/// Longest measured run, in seconds (a day).
+pub(crate) const MAX_SECONDS: f64 = 86_400.0;
+/// Longest warm-up, in seconds.
+pub(crate) const MAX_WARMUP_SECONDS: f64 = 3600.0;
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+impl Config {
+    /// Checks every value against the ranges the bridge supports (the CLI
+    /// checks them too, with clap errors; this guards direct callers).
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` naming the first value out of range.
+    pub(crate) fn validate(&self) -> io::Result<()> {
+        if !matches!(self.frame_ms, 10 | 20 | 40) {
+            return Err(invalid(format!(
+                "frame-ms {} is not 10, 20 or 40",
+                self.frame_ms
+            )));
+        }
+        if !matches!(self.rate, 8000 | 16000 | 48000) {
+            return Err(invalid(format!(
+                "rate {} is not 8000, 16000 or 48000",
+                self.rate
+            )));
+        }
+        if self.max_participants > MAX_PARTICIPANTS || self.simulate > MAX_PARTICIPANTS {
+            return Err(invalid(format!("at most {MAX_PARTICIPANTS} participants")));
+        }
+        if self.jitter_ms > MAX_JITTER_MS {
+            return Err(invalid(format!(
+                "jitter-ms {} is above {MAX_JITTER_MS}",
+                self.jitter_ms
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.loss) {
+            return Err(invalid(format!("loss {} is not in [0, 1]", self.loss)));
+        }
+        if !(self.seconds > 0.0 && self.seconds <= MAX_SECONDS) {
+            return Err(invalid(format!(
+                "seconds {} is not in (0, {MAX_SECONDS}]",
+                self.seconds
+            )));
+        }
+        if self.warmup.as_secs_f64() > MAX_WARMUP_SECONDS {
+            return Err(invalid(format!("warm-up above {MAX_WARMUP_SECONDS} s")));
+        }
+        if let Some(p) = self.fifo {
+            if !(1..=99).contains(&p) {
+                return Err(invalid(format!("SCHED_FIFO priority {p} is not in 1..=99")));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Runs the bridge; returns the report.
 pub(crate) fn run(cfg: &Config) -> io::Result<Report> {
-    if !matches!(cfg.frame_ms, 10 | 20 | 40) || !matches!(cfg.rate, 8000 | 16000 | 48000) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "frame-ms must be 10|20|40 and rate 8000|16000|48000",
-        ));
-    }
-    if cfg.max_participants > 65535 || cfg.simulate > 65535 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "at most 65535 participants",
-        ));
-    }
+    cfg.validate()?;
     if let Some(c) = cfg.cpu {
-        sim::pin(c);
+        sim::pin(c).map_err(|e| io::Error::new(e.kind(), format!("cannot pin to CPU {c}: {e}")))?;
     }
     if let Some(prio) = cfg.fifo {
         let param = libc::sched_param {
-            sched_priority: prio.clamp(1, 99),
+            sched_priority: prio,
         };
         // SAFETY: sets this thread's policy from a valid sched_param.
         if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
@@ -228,7 +284,9 @@ pub(crate) fn run(cfg: &Config) -> io::Result<Report> {
         m => m,
     };
     let mut src = PacketSource::new(sock, Arc::clone(&pool), classifier, mode)?;
-    src.classifier().reserve(max_p);
+    src.classifier()
+        .reserve(max_p)
+        .map_err(|e| io::Error::new(io::ErrorKind::OutOfMemory, e))?;
     let local = src.local_addr();
     let (tx0, mut joins) = channel(1024).map_err(io::Error::other)?;
     src.set_producer(0, tx0)?;
@@ -267,17 +325,34 @@ pub(crate) fn run(cfg: &Config) -> io::Result<Report> {
     let mut c = Counters::default();
     let mut joined_buf = [PacketDesc::default(); 64];
 
-    let t0 = Instant::now();
-    let mut changes = vec![timer(MIX_TIMER, period, MissedTickPolicy::Merge, UD_MIX)];
+    // Tick lateness is measured against the mix timer's own schedule,
+    // `start + k·period`, where `start` is the monotonic time the timer
+    // storage reads while it applies the ADD — inside the `kevent()` call.
+    // The first ADD creates the storage's timerfd (syscalls after that
+    // read); the timed ADD below restarts the timer (discarding the first
+    // schedule), so only the lock and the change dispatch come between
+    // `before` and the read: `before <= start <= after`, lateness is
+    // overstated by at most `after - before`, reported as the schedule's
+    // uncertainty.
+    let mix = timer(MIX_TIMER, period, MissedTickPolicy::Merge, UD_MIX);
+    kq.kevent(&[mix], &mut [], None)?;
     if cfg.rx == Rx::Tick {
-        changes.push(timer(
+        let poll = timer(
             POLL_TIMER,
             Duration::from_millis(1),
             MissedTickPolicy::Merge,
             UD_POLL,
-        ));
+        );
+        kq.kevent(&[poll], &mut [], None)?;
     }
-    kq.kevent(&changes, &mut [], None)?;
+    let before = Instant::now();
+    kq.kevent(&[mix], &mut [], None)?;
+    let after = Instant::now();
+    let t0 = before;
+    let schedule_uncertainty = after - before;
+    let period_ns = u64::from(cfg.frame_ms) * 1_000_000;
+    // Deadline of the mix timer's expiration number `n` (1-based).
+    let deadline = |n: u64| t0 + Duration::from_nanos(period_ns.saturating_mul(n));
     let warm_end = t0 + cfg.warmup;
     let end = warm_end + Duration::from_secs_f64(cfg.seconds);
     let mut measuring = false;
@@ -316,7 +391,7 @@ pub(crate) fn run(cfg: &Config) -> io::Result<Report> {
                 UD_MIX if e.filter == Filter::Timer => {
                     let woke = Instant::now();
                     let exp = e.data.max(1) as u64;
-                    let first_deadline = t0 + period * (k + 1) as u32;
+                    let first_deadline = deadline(k + 1);
                     k += exp;
                     let late = woke.saturating_duration_since(first_deadline);
                     src.poll()?;
@@ -353,7 +428,7 @@ pub(crate) fn run(cfg: &Config) -> io::Result<Report> {
                     // The mix of the last expiration must be out before the
                     // next frame is due; earlier ones merged into this event
                     // missed theirs already (and were skipped).
-                    let last_deadline = t0 + period * (k + 1) as u32;
+                    let last_deadline = deadline(k + 1);
                     c.missed += exp - 1 + u64::from(done > last_deadline);
                     let _ = tick_hist.record(late.as_micros() as u64 + 1);
                     let _ = mix_hist.record(done.duration_since(woke).as_micros() as u64 + 1);
@@ -399,6 +474,7 @@ pub(crate) fn run(cfg: &Config) -> io::Result<Report> {
         tick_p50_us: tick_hist.value_at_quantile(0.5) as f64 - 1.0,
         tick_p99_us: tick_hist.value_at_quantile(0.99) as f64 - 1.0,
         tick_max_us: tick_hist.max() as f64 - 1.0,
+        tick_schedule_uncertainty_us: schedule_uncertainty.as_secs_f64() * 1e6,
         mix_p99_us: mix_hist.value_at_quantile(0.99) as f64 - 1.0,
         send_p99_us: send_hist.value_at_quantile(0.99) as f64 - 1.0,
         overrun: c.overrun,

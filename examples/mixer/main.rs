@@ -107,6 +107,37 @@ enum RxArg {
     Event,
 }
 
+/// Largest `--jitter-ms`: a second of jitter is already far beyond what a
+/// jitter buffer for conversation absorbs.
+const MAX_JITTER_MS: u32 = bridge::MAX_JITTER_MS;
+/// Largest participant count (RTP SSRCs and buffer ids are 16-bit here).
+const MAX_PARTICIPANTS: u64 = bridge::MAX_PARTICIPANTS as u64;
+
+/// A finite `f64` in `lo..=hi` (`open_lo`: `lo` itself excluded).
+fn ranged_f64(s: &str, lo: f64, hi: f64, open_lo: bool) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|e| format!("`{s}` is not a number: {e}"))?;
+    let low_ok = if open_lo { v > lo } else { v >= lo };
+    if !v.is_finite() || !low_ok || v > hi {
+        let l = if open_lo { "(" } else { "[" };
+        return Err(format!("{v} is not in {l}{lo}, {hi}]"));
+    }
+    Ok(v)
+}
+
+fn loss_arg(s: &str) -> Result<f64, String> {
+    ranged_f64(s, 0.0, 1.0, false)
+}
+
+fn seconds_arg(s: &str) -> Result<f64, String> {
+    ranged_f64(s, 0.0, bridge::MAX_SECONDS, true)
+}
+
+fn warmup_arg(s: &str) -> Result<f64, String> {
+    ranged_f64(s, 0.0, bridge::MAX_WARMUP_SECONDS, false)
+}
+
 /// A conference bridge on kevent: mix-minus of N participants every frame.
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -120,23 +151,23 @@ struct Args {
     /// Sample rate in Hz: 8000, 16000 or 48000.
     #[arg(long, default_value_t = 8000, value_parser = clap::builder::PossibleValuesParser::new(["8000", "16000", "48000"]).map(|s| s.parse::<u32>().unwrap_or(8000)))]
     rate: u32,
-    /// Start N simulated participants on 127.0.0.1.
-    #[arg(long, default_value_t = 0)]
+    /// Start N simulated participants on 127.0.0.1 (0..=65535).
+    #[arg(long, default_value_t = 0, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=MAX_PARTICIPANTS))]
     simulate: usize,
-    /// Simulated jitter: each frame delayed by 0..=ms.
-    #[arg(long, default_value_t = 0)]
+    /// Simulated jitter: each frame delayed by 0..=ms (at most 1000).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_JITTER_MS)))]
     jitter_ms: u32,
-    /// Simulated loss probability (0..1).
-    #[arg(long, default_value_t = 0.0)]
+    /// Simulated loss probability (0..=1).
+    #[arg(long, default_value_t = 0.0, value_parser = loss_arg)]
     loss: f64,
-    /// Measured seconds (after warm-up).
-    #[arg(long, default_value_t = 5.0)]
+    /// Measured seconds after warm-up (0 < s <= 86400).
+    #[arg(long, default_value_t = 5.0, value_parser = seconds_arg)]
     seconds: f64,
-    /// Warm-up seconds (participants join, jitter buffers fill).
-    #[arg(long, default_value_t = 1.0)]
+    /// Warm-up seconds: participants join, jitter buffers fill (0..=3600).
+    #[arg(long, default_value_t = 1.0, value_parser = warmup_arg)]
     warmup: f64,
-    /// Most participants admitted (default: --simulate, or 1024).
-    #[arg(long)]
+    /// Most participants admitted, 1..=65535 (default: --simulate, or 1024).
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MAX_PARTICIPANTS))]
     max_participants: Option<usize>,
     /// Queue backend.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
@@ -147,12 +178,13 @@ struct Args {
     /// Simulated participants read the mix back and check it.
     #[arg(long)]
     verify: bool,
-    /// Pin the bridge to this CPU (the simulation goes to the other of 0/1).
-    #[arg(long)]
+    /// Pin the bridge to this CPU (the simulation goes to the other of
+    /// 0/1); it must be one this process may run on.
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..libc::CPU_SETSIZE as u64))]
     cpu: Option<usize>,
-    /// Run the bridge thread under SCHED_FIFO at this priority (1..99;
+    /// Run the bridge thread under SCHED_FIFO at this priority (1..=99;
     /// needs CAP_SYS_NICE), as a real-time bridge would.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=99))]
     fifo: Option<i32>,
     /// Print one JSON object.
     #[arg(long)]
@@ -160,17 +192,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // Every numeric value is range-checked by its parser: an absurd one is
+    // a clap usage error (exit status 2), never a panic further on.
     let a = Args::parse();
-    if !(0.0..=1.0).contains(&a.loss)
-        || !a.seconds.is_finite()
-        || a.seconds <= 0.0
-        || a.seconds > 1e7
-        || a.warmup.is_nan()
-        || a.warmup < 0.0
-    {
-        eprintln!("mixer: --loss must be in 0..=1, --seconds > 0, --warmup >= 0");
-        return ExitCode::from(2);
-    }
     let cfg = bridge::Config {
         listen: a.listen,
         frame_ms: a.frame_ms,
@@ -179,7 +203,7 @@ fn main() -> ExitCode {
         jitter_ms: a.jitter_ms,
         loss: a.loss,
         seconds: a.seconds,
-        warmup: Duration::from_secs_f64(a.warmup.min(3600.0)),
+        warmup: Duration::from_secs_f64(a.warmup),
         max_participants: a.max_participants.unwrap_or(if a.simulate > 0 {
             a.simulate
         } else {
@@ -220,6 +244,7 @@ fn main() -> ExitCode {
             "missing_frames": r.missing_frames,
             "deadlines_missed": r.deadlines_missed,
             "tick_lateness_us": {"p50": r.tick_p50_us, "p99": r.tick_p99_us, "max": r.tick_max_us},
+            "tick_schedule_uncertainty_us": r.tick_schedule_uncertainty_us,
             "mix_p99_us": r.mix_p99_us,
             "send_p99_us": r.send_p99_us,
             "overrun": r.overrun,
@@ -255,8 +280,8 @@ fn main() -> ExitCode {
             r.ticks, r.frames_mixed, r.late_frames, r.missing_frames, r.deadlines_missed, r.skipped_frames
         );
         println!(
-            "  tick lateness p50 {:.0} us  p99 {:.0} us  max {:.0} us   tick work p99 {:.0} us (sendmmsg {:.0} us)",
-            r.tick_p50_us, r.tick_p99_us, r.tick_max_us, r.mix_p99_us, r.send_p99_us
+            "  tick lateness p50 {:.0} us  p99 {:.0} us  max {:.0} us (timer schedule known to {:.1} us)   tick work p99 {:.0} us (sendmmsg {:.0} us)",
+            r.tick_p50_us, r.tick_p99_us, r.tick_max_us, r.tick_schedule_uncertainty_us, r.mix_p99_us, r.send_p99_us
         );
         println!(
             "  packets/s in {:.0}  out {:.0}   CPU {:.1} % ({:.2} % per 100 participants)",

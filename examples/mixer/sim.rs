@@ -90,16 +90,30 @@ pub(crate) fn bind(n: usize, verify: bool) -> io::Result<(Vec<UdpSocket>, Vec<So
 }
 
 /// Pins the calling thread to `cpu`.
-pub(crate) fn pin(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays in bounds for
-    // cpu < CPU_SETSIZE; sched_setaffinity reads the set.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if cpu < libc::CPU_SETSIZE as usize {
-            libc::CPU_SET(cpu, &mut set);
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        }
+///
+/// # Errors
+///
+/// `InvalidInput` for a CPU number beyond `CPU_SETSIZE`; the
+/// `sched_setaffinity(2)` error (`EINVAL`: not a CPU this process may
+/// use).
+pub(crate) fn pin(cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "CPU number too large",
+        ));
     }
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays in bounds for
+    // cpu < CPU_SETSIZE (checked above); sched_setaffinity reads the set.
+    let r = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn now_ns() -> u64 {
@@ -159,11 +173,15 @@ pub(crate) fn spawn(
 
 fn run(cfg: &SimConfig, socks: &[UdpSocket], stop: &AtomicBool) -> SimReport {
     if let Some(c) = cfg.cpu {
-        pin(c);
+        // Best effort: on a one-CPU machine the simulation shares the
+        // bridge's CPU.
+        let _ = pin(c);
     }
     let mut rep = SimReport::default();
     let n = cfg.n;
     let fms = cfg.frame_ms.max(1) as u64;
+    // One slot per millisecond of jitter (bounded by the bridge's
+    // MAX_JITTER_MS, checked before the simulation starts).
     let wheel = cfg.jitter_ms as usize + 1;
     // Frames waiting for their (jittered) send millisecond: (participant, seq).
     let mut due: Vec<Vec<(u32, u16)>> = (0..wheel)

@@ -1,7 +1,6 @@
 //! Knotes (one registration each) and the ready list.
 
 use crate::event::{Filter, Flags, Kevent};
-use std::collections::VecDeque;
 
 /// Identifies one knote in one queue: a slab key plus a generation, so an
 /// id kept past the knote's deletion never names its successor.
@@ -158,7 +157,7 @@ impl Knote {
 /// live only while its knote is `QUEUED` with the same `seq`.
 #[derive(Debug, Default)]
 pub(crate) struct ReadyList {
-    q: VecDeque<(u32, u64)>,
+    q: Ring,
     next_seq: u64,
     /// Live entries (FreeBSD's `kq_count`).
     pub(crate) count: usize,
@@ -171,7 +170,7 @@ impl ReadyList {
         self.next_seq += 1;
         kn.seq = self.next_seq;
         kn.status |= QUEUED;
-        self.q.push_back((key, self.next_seq));
+        self.q.push((key, self.next_seq));
         self.count += 1;
     }
 
@@ -181,7 +180,7 @@ impl ReadyList {
         debug_assert!(kn.status & QUEUED != 0);
         self.next_seq += 1;
         kn.seq = self.next_seq;
-        self.q.push_back((key, self.next_seq));
+        self.q.push((key, self.next_seq));
     }
 
     /// Unlink `kn` (lazily).
@@ -198,11 +197,106 @@ impl ReadyList {
 
     #[inline]
     pub(crate) fn pop_raw(&mut self) -> Option<(u32, u64)> {
-        self.q.pop_front()
+        self.q.pop()
     }
 
     #[inline]
     pub(crate) fn raw_len(&self) -> usize {
         self.q.len()
+    }
+}
+
+/// A growable power-of-two ring of ready entries: push and pop are a
+/// masked index and a store (`VecDeque`'s push is an out-of-line call).
+#[derive(Debug, Default)]
+struct Ring {
+    buf: Vec<(u32, u64)>,
+    /// Monotonic head and tail; `tail - head` entries are live.
+    head: usize,
+    tail: usize,
+}
+
+impl Ring {
+    #[inline]
+    fn len(&self) -> usize {
+        self.tail - self.head
+    }
+
+    #[inline(always)]
+    fn push(&mut self, v: (u32, u64)) {
+        if self.len() == self.buf.len() {
+            self.grow();
+        }
+        let i = self.tail & (self.buf.len() - 1);
+        debug_assert!(self.buf.len().is_power_of_two() && i < self.buf.len());
+        // SAFETY: `buf.len()` is a power of two (`grow`), so the masked
+        // index is below it.
+        unsafe { *self.buf.get_unchecked_mut(i) = v };
+        self.tail += 1;
+    }
+
+    #[inline(always)]
+    fn pop(&mut self) -> Option<(u32, u64)> {
+        if self.head == self.tail {
+            return None;
+        }
+        // Non-empty, so `buf` has a power-of-two length.
+        let i = self.head & (self.buf.len() - 1);
+        debug_assert!(self.buf.len().is_power_of_two() && i < self.buf.len());
+        // SAFETY: as in `push`.
+        let v = unsafe { *self.buf.get_unchecked(i) };
+        self.head += 1;
+        Some(v)
+    }
+
+    #[inline]
+    fn clear(&mut self) {
+        self.head = 0;
+        self.tail = 0;
+    }
+
+    #[cold]
+    fn grow(&mut self) {
+        let cap = (self.buf.len() * 2).max(64);
+        let mut buf = vec![(0u32, 0u64); cap];
+        for (i, slot) in buf.iter_mut().enumerate().take(self.len()) {
+            *slot = self.buf[(self.head + i) & (self.buf.len().max(1) - 1)];
+        }
+        self.tail -= self.head;
+        self.head = 0;
+        self.buf = buf;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ring;
+
+    #[test]
+    fn ring_keeps_fifo_order_across_growth_and_wrap() {
+        let mut r = Ring::default();
+        let mut next_in = 0u32;
+        let mut next_out = 0u32;
+        for round in 0..50u32 {
+            for _ in 0..(round * 7 % 97 + 1) {
+                r.push((next_in, next_in as u64));
+                next_in += 1;
+            }
+            for _ in 0..(round * 5 % 89) {
+                match r.pop() {
+                    Some((k, s)) => {
+                        assert_eq!((k, s), (next_out, next_out as u64));
+                        next_out += 1;
+                    }
+                    None => assert_eq!(next_out, next_in),
+                }
+            }
+            assert_eq!(r.len(), (next_in - next_out) as usize);
+        }
+        while let Some((k, _)) = r.pop() {
+            assert_eq!(k, next_out);
+            next_out += 1;
+        }
+        assert_eq!(next_out, next_in);
     }
 }

@@ -19,7 +19,7 @@
 use crate::event::{Filter, Flags, Kevent};
 use crate::knote::{Knote, KnoteId, ACTIVE, DISABLED, QUEUED};
 use crate::storage::{self, Context, Core, Errno, Storage, PAYLOAD_BITS, PAYLOAD_MASK};
-use crate::sys::{self, OsEvent, Sys};
+use crate::sys::{self, Readiness, Sys};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::fmt;
@@ -88,10 +88,42 @@ impl Hasher for KeyHasher {
 
 pub(crate) type Index = HashMap<(u64, i16), u32, BuildHasherDefault<KeyHasher>>;
 
+/// A storage as the queue holds it: the fd storage (every queue has it,
+/// and it is on the hot path of every readiness event) by value, so its
+/// calls are static and inlined; any other behind `dyn Storage`.
+#[derive(Debug)]
+pub(crate) enum Slot {
+    Fd(storage::fd::FdStorage),
+    Dyn(Box<dyn Storage>),
+}
+
+/// `dispatch!(slot, s => expr)`: evaluate `expr` with `s` bound to the
+/// slot's storage, statically for the fd storage.
+macro_rules! dispatch {
+    ($slot:expr, $s:ident => $e:expr) => {
+        match $slot {
+            Slot::Fd($s) => $e,
+            Slot::Dyn(b) => {
+                let $s = &mut **b;
+                $e
+            }
+        }
+    };
+}
+
+impl Slot {
+    fn get(&self) -> &dyn Storage {
+        match self {
+            Slot::Fd(s) => s,
+            Slot::Dyn(b) => &**b,
+        }
+    }
+}
+
 struct State {
     core: Core,
     index: Index,
-    storages: Vec<Box<dyn Storage>>,
+    storages: Vec<Slot>,
     by_filter: [u8; 16],
     /// Storages that may report a deadline.
     timed: Vec<u8>,
@@ -100,7 +132,42 @@ struct State {
     /// `kevent()` calls so far; a level knote is reported once per call.
     calls: u64,
     closed: bool,
-    os_buf: Vec<OsEvent>,
+}
+
+/// The leader's wait buffers, kept outside the state lock so that the
+/// leader can wait into them with the lock released.
+///
+/// Only the thread running `harvest` touches them, and at most one thread
+/// runs `harvest` at a time: it is entered only with `State::polling`
+/// false under the lock, and a blocking harvest sets `polling` before it
+/// releases the lock and clears it after retaking it.
+struct LeaderCell<T>(std::cell::UnsafeCell<T>);
+
+// SAFETY: access goes through `get` only, whose contract (the leader
+// protocol above) makes it exclusive; `T: Send` lets the buffers move
+// between the threads that lead in turn.
+unsafe impl<T: Send> Sync for LeaderCell<T> {}
+
+impl<T> LeaderCell<T> {
+    /// # Safety
+    /// The caller is the leader (see the type's docs) and drops the
+    /// reference before giving up leadership.
+    #[allow(clippy::mut_from_ref)]
+    #[inline(always)]
+    unsafe fn get(&self) -> &mut T {
+        // SAFETY: exclusive by the caller's contract.
+        unsafe { &mut *self.0.get() }
+    }
+}
+
+/// What [`Kqueue::deliver`] did with a knote.
+enum Delivered {
+    /// Its condition no longer holds: dropped undelivered.
+    No,
+    /// Reported.
+    Yes,
+    /// Reported, and requeued (level).
+    Level,
 }
 
 /// A kqueue: one queue for every kind of event, with FreeBSD `kevent(2)`
@@ -124,6 +191,7 @@ struct State {
 /// ```
 pub struct Kqueue {
     state: Mutex<State>,
+    bufs: LeaderCell<sys::WaitBufs>,
     cond: Condvar,
     sys: Sys,
     backend: Backend,
@@ -137,6 +205,8 @@ pub struct Kqueue {
 struct Exposed {
     ep: OwnedFd,
     pending: OwnedFd,
+    /// What `ep` watches once armed.
+    backend_fds: [RawFd; 3],
     armed: std::sync::atomic::AtomicBool,
     signalled: std::sync::atomic::AtomicBool,
 }
@@ -192,7 +262,7 @@ impl Kqueue {
         };
         let (sys, used) = match chosen {
             Backend::Epoll => (Sys::Epoll(sys::epoll::Epoll::new()?), Backend::Epoll),
-            Backend::IoUring => match sys::uring::Uring::new() {
+            Backend::IoUring => match sys::uring::Uring::new(false) {
                 Ok(u) => (Sys::IoUring(u), Backend::IoUring),
                 // Forced: an error, never a silent fallback.
                 Err(e) => {
@@ -202,7 +272,7 @@ impl Kqueue {
                     ))
                 }
             },
-            Backend::Auto => match sys::uring::Uring::new() {
+            Backend::Auto => match sys::uring::Uring::new(false) {
                 Ok(u) => (Sys::IoUring(u), Backend::IoUring),
                 Err(e) => {
                     static WARNED: std::sync::Once = std::sync::Once::new();
@@ -216,10 +286,9 @@ impl Kqueue {
         let mut b = Builder {
             sys,
             backend: used,
-            storages: Vec::new(),
+            storages: vec![Slot::Fd(storage::fd::FdStorage::default())],
         };
         b = b
-            .storage(Box::new(storage::fd::FdStorage::default()))
             .storage(Box::new(storage::user::UserStorage))
             .storage(Box::new(storage::signal::SignalStorage::default()))
             .storage(Box::new(storage::proc_::ProcStorage::default()))
@@ -247,8 +316,23 @@ impl Kqueue {
     ///
     /// # Errors
     /// A change's errno as above; `EINTR` if a signal interrupted the wait
-    /// before any event was collected (FreeBSD's behaviour); `EBADF` once
-    /// the queue is closed.
+    /// before any event was collected (FreeBSD's behaviour: a signal whose
+    /// handler runs ends the wait, `SA_RESTART` or not); `EBADF` once the
+    /// queue is closed.
+    ///
+    /// # Interruptions without a signal
+    /// io_uring task work (a ring's completions, and the teardown of a
+    /// ring, which queues work to every thread that ever submitted to it)
+    /// interrupts a blocking `epoll_wait` of its thread with `EINTR` though
+    /// no signal was sent; the kernel never restarts `epoll_wait`. kevent
+    /// tells the two apart where it can: the io_uring backend's wait
+    /// (`io_uring_enter`) runs task work and goes on waiting, and on a
+    /// thread that has driven one of kevent's rings the epoll backend
+    /// blocks in `ppoll` on its epoll fd, which the kernel restarts unless
+    /// a signal handler ran. An epoll queue on a thread that drives only
+    /// *other* libraries' rings can still see such an `EINTR` (its blocking
+    /// wait is a plain `epoll_wait`, one syscall); retry it there if no
+    /// handler of yours ran.
     pub fn kevent(
         &self,
         changes: &[Kevent],
@@ -277,19 +361,68 @@ impl Kqueue {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         }
         st.core.call_round = st.core.round;
+        if !changes.is_empty() || events.is_empty() {
+            let mut wake = false;
+            if let Some(done) = self.apply_changes(&mut st, changes, events, &mut wake) {
+                drop(st);
+                self.wake_leader(wake);
+                return done;
+            }
+        }
+        let result = self.collect(&mut st, events, min, timeout);
+        // Events this call left on the ready list (its buffer was full)
+        // belong to another waiter: wake a follower, or the leader blocked
+        // in the backend; a follower also takes over an idle leadership.
+        let mut wake = false;
+        if st.core.ready.count > 0 {
+            if st.followers > 0 {
+                self.cond.notify_one();
+            } else if st.polling {
+                wake = true;
+            }
+        } else if st.followers > 0 && !st.polling {
+            self.cond.notify_one();
+        }
+        self.sync_exposed(&st);
+        drop(st);
+        self.wake_leader(wake);
+        result
+    }
+
+    /// Wake the leader blocked in the backend, after the state lock was
+    /// released: woken under the lock, it would find the lock taken and
+    /// sleep again on it (a futex round trip per wake: ~3 µs here).
+    #[inline]
+    fn wake_leader(&self, wake: bool) {
+        if wake {
+            let _ = self.sys.wake();
+        }
+    }
+
+    /// Apply the changelist. `Some(result)` if the call ends here (error or
+    /// receipt entries written, no room for events, or a failing change
+    /// without room for its entry); `None` to go on collecting.
+    #[cold]
+    fn apply_changes(
+        &self,
+        st: &mut MutexGuard<'_, State>,
+        changes: &[Kevent],
+        events: &mut [Kevent],
+        wake: &mut bool,
+    ) -> Option<io::Result<usize>> {
         let mut nerr = 0usize;
         for ch in changes {
-            let res = self.apply(&mut st, ch);
+            let res = self.apply(st, ch);
             if res.is_err() || ch.flags.contains(Flags::RECEIPT) {
                 let errno = res.err().unwrap_or(0);
                 if nerr == events.len() {
                     // FreeBSD (`kern_kevent_generic`): no room left for the
                     // entry ends the call; later changes are not applied.
-                    self.after_changes(&mut st, true);
+                    *wake = self.after_changes(st, true);
                     if errno != 0 {
-                        return Err(io::Error::from_raw_os_error(errno));
+                        return Some(Err(io::Error::from_raw_os_error(errno)));
                     }
-                    return Ok(nerr);
+                    return Some(Ok(nerr));
                 }
                 let mut e = *ch;
                 e.flags = Flags::ERROR;
@@ -299,39 +432,60 @@ impl Kqueue {
             }
         }
         if nerr > 0 || events.is_empty() {
-            self.after_changes(&mut st, true);
-            return Ok(nerr);
+            *wake = self.after_changes(st, true);
+            return Some(Ok(nerr));
         }
-        self.after_changes(&mut st, false);
+        None
+    }
+
+    /// Collect events: from the ready list, from the backend, waiting as
+    /// the timeout allows, until `min` are in.
+    #[inline]
+    fn collect(
+        &self,
+        st: &mut MutexGuard<'_, State>,
+        events: &mut [Kevent],
+        min: usize,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
         let need = min.clamp(1, events.len());
+        let poll_only = timeout == Some(Duration::ZERO);
         let deadline = match timeout {
             Some(t) if !t.is_zero() => Instant::now().checked_add(t),
             _ => None,
         };
-        let poll_only = timeout == Some(Duration::ZERO);
         st.calls += 1;
         let call = st.calls;
         let mut got = 0;
         let mut harvested = false;
         let result = loop {
             // Take OS events when the ready list alone cannot fill the
-            // buffer; block only when it is empty and more are needed.
-            let room = events.len() - got;
-            // io_uring: with nothing queued, skip the peek; the blocking
-            // wait submits and waits in one `io_uring_enter`.
-            // With nothing queued, skip the zero-timeout peek: the blocking
-            // wait returns at once if the backend has events (one syscall
-            // instead of two per blocking call, on both backends).
-            let lazy = !poll_only && st.core.ready.count == 0;
-            if !harvested && !lazy && st.core.ready.count < room && !st.polling {
-                if let Err(e) = self.harvest(&mut st, Some(Duration::ZERO)) {
+            // buffer. With nothing queued, skip the zero-timeout peek: the
+            // blocking wait returns at once if the backend has events (one
+            // syscall instead of two per blocking call, on both backends).
+            let queued = st.core.ready.count;
+            let mut held = 0;
+            if queued > 0 {
+                if !harvested && queued < events.len() - got && !st.polling {
+                    if let Err(e) = self.harvest(st, Some(Duration::ZERO)) {
+                        break Err(e);
+                    }
+                    harvested = true;
+                }
+                let (n, h) = self.scan(st, &mut events[got..], call);
+                got += n;
+                held = h;
+                if got >= need || got == events.len() {
+                    break Ok(got);
+                }
+            } else if poll_only && !harvested && !st.polling {
+                if let Err(e) = self.harvest(st, Some(Duration::ZERO)) {
                     break Err(e);
                 }
                 harvested = true;
+                continue;
             }
-            let (n, held) = self.scan(&mut st, &mut events[got..], call);
-            got += n;
-            if got >= need || got == events.len() || st.closed {
+            if st.closed {
                 break Ok(got);
             }
             let remaining = match deadline {
@@ -351,12 +505,12 @@ impl Kqueue {
                 st.followers += 1;
                 match deadline {
                     Some(d) => {
-                        self.cond.wait_until(&mut st, d);
+                        self.cond.wait_until(st, d);
                     }
-                    None => self.cond.wait(&mut st),
+                    None => self.cond.wait(st),
                 }
                 st.followers -= 1;
-            } else if let Err(e) = self.harvest(&mut st, remaining) {
+            } else if let Err(e) = self.harvest(st, remaining) {
                 if got > 0 && e.kind() == io::ErrorKind::Interrupted {
                     break Ok(got);
                 }
@@ -367,19 +521,6 @@ impl Kqueue {
         if st.closed && got == 0 {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         }
-        // Events this call left on the ready list (its buffer was full)
-        // belong to another waiter: wake a follower, or the leader blocked
-        // in the backend; a follower also takes over an idle leadership.
-        if st.core.ready.count > 0 {
-            if st.followers > 0 {
-                self.cond.notify_one();
-            } else if st.polling {
-                let _ = self.sys.wake();
-            }
-        } else if st.followers > 0 && !st.polling {
-            self.cond.notify_one();
-        }
-        self.sync_exposed(&st);
         result
     }
 
@@ -390,9 +531,9 @@ impl Kqueue {
         st.closed = true;
         self.cond.notify_all();
         self.sync_exposed(&st);
-        if st.polling {
-            let _ = self.sys.wake();
-        }
+        let wake = st.polling;
+        drop(st);
+        self.wake_leader(wake);
     }
 
     /// Activate the `USER` knote `ident` as a `NOTE_TRIGGER` change would,
@@ -417,7 +558,9 @@ impl Kqueue {
         let udata = st.core.knotes[key as usize].udata;
         self.apply(&mut st, &Kevent { udata, ..ch })
             .map_err(io::Error::from_raw_os_error)?;
-        self.after_changes(&mut st, true);
+        let wake = self.after_changes(&mut st, true);
+        drop(st);
+        self.wake_leader(wake);
         Ok(())
     }
 
@@ -433,14 +576,24 @@ impl Kqueue {
             storages,
             ..
         } = st;
-        let storage = &mut storages[sidx as usize];
         let mut cx = Context {
             core,
             sys: &self.sys,
             storage: sidx,
             index,
         };
-        storage.resolve(&mut cx, ch)?;
+        dispatch!(&mut storages[sidx as usize], storage => Self::apply_to(storage, &mut cx, ch))
+    }
+
+    /// [`Kqueue::apply`] for one storage (monomorphised for the fd storage).
+    #[inline(always)]
+    fn apply_to<S: Storage + ?Sized>(
+        storage: &mut S,
+        cx: &mut Context<'_>,
+        ch: &Kevent,
+    ) -> Result<(), Errno> {
+        let sidx = cx.storage;
+        storage.resolve(cx, ch)?;
         let existing = cx.index.get(&(ch.ident, ch.filter.raw())).copied();
         let id = match existing {
             None => {
@@ -481,7 +634,7 @@ impl Kqueue {
                     gen,
                 };
                 cx.index.insert((ch.ident, ch.filter.raw()), key as u32);
-                if let Err(e) = storage.attach(&mut cx, id) {
+                if let Err(e) = storage.attach(cx, id) {
                     cx.drop_knote(id);
                     return Err(e);
                 }
@@ -493,7 +646,7 @@ impl Kqueue {
                     gen: cx.core.knotes[key as usize].gen,
                 };
                 if ch.flags.contains(Flags::DELETE) {
-                    storage.detach(&mut cx, id);
+                    storage.detach(cx, id);
                     cx.drop_knote(id);
                     return Ok(());
                 }
@@ -502,7 +655,7 @@ impl Kqueue {
                 // was, udata too.
                 let old_udata =
                     std::mem::replace(&mut cx.core.knotes[key as usize].udata, ch.udata);
-                if let Err(e) = storage.modify(&mut cx, id, ch) {
+                if let Err(e) = storage.modify(cx, id, ch) {
                     if let Some(k) = cx.try_knote_mut(id) {
                         k.udata = old_udata;
                     }
@@ -531,19 +684,23 @@ impl Kqueue {
         Ok(())
     }
 
-    /// After changes: wake a waiting thread if a change made something
-    /// ready that this thread will not collect itself.
-    fn after_changes(&self, st: &mut State, returning: bool) {
+    /// After changes of a call that returns now: wake a waiting thread if
+    /// a change made something ready that this thread will not collect. A
+    /// follower is notified here; `true` asks the caller to wake the
+    /// leader once the lock is released ([`Kqueue::wake_leader`]).
+    fn after_changes(&self, st: &mut State, returning: bool) -> bool {
+        let mut wake = false;
         if returning {
             if st.core.ready.count > 0 {
                 if st.followers > 0 {
                     self.cond.notify_one();
                 } else if st.polling {
-                    let _ = self.sys.wake();
+                    wake = true;
                 }
             }
             self.sync_exposed(st);
         }
+        wake
     }
 
     /// One round of OS events: wait (without the lock unless polling), then
@@ -555,7 +712,7 @@ impl Kqueue {
             let earliest = st
                 .timed
                 .iter()
-                .filter_map(|&i| st.storages[i as usize].deadline())
+                .filter_map(|&i| st.storages[i as usize].get().deadline())
                 .min();
             if let Some(d) = earliest {
                 let n = Instant::now();
@@ -564,49 +721,51 @@ impl Kqueue {
                 timeout = Some(timeout.map_or(until, |t| t.min(until)));
             }
         }
-        let mut buf = std::mem::take(&mut st.os_buf);
+        // SAFETY: this thread is the leader: `harvest` runs only with
+        // `polling` false under the lock, and a blocking wait sets it
+        // before releasing the lock (see `LeaderCell`).
+        let bufs = unsafe { self.bufs.get() };
         let res = if timeout == Some(Duration::ZERO) {
-            self.sys.wait(&mut buf, timeout)
+            // SAFETY: the leader (above) is the only thread that waits.
+            unsafe { self.sys.wait(bufs, timeout) }
         } else {
             st.polling = true;
-            let r = MutexGuard::unlocked(st, || self.sys.wait(&mut buf, timeout));
+            // SAFETY: as above.
+            let r = MutexGuard::unlocked(st, || unsafe { self.sys.wait(bufs, timeout) });
             st.polling = false;
             now = None;
             r
         };
         let st = &mut **st;
         st.core.round += 1;
-        for ev in buf.drain(..) {
-            let idx = (ev.token >> PAYLOAD_BITS) as usize;
-            if idx == 0 || idx > st.storages.len() {
-                continue;
-            }
-            let mut cx = Context {
-                core: &mut st.core,
-                sys: &self.sys,
-                storage: (idx - 1) as u8,
-                index: &mut st.index,
-            };
-            if ev.ready.0 & sys::COMPLETION != 0 {
-                let flags = ev.ready.0 & !sys::COMPLETION;
-                st.storages[idx - 1].completion(&mut cx, ev.token & PAYLOAD_MASK, ev.res, flags);
-            } else {
-                st.storages[idx - 1].os_event(&mut cx, ev.token & PAYLOAD_MASK, ev.ready);
+        // epoll fills `raw`, io_uring `out`.
+        for ev in bufs.raw.iter() {
+            if ev.u64 != sys::epoll::WAKE_TOKEN {
+                self.dispatch_os(st, ev.u64, Readiness(ev.events), 0);
             }
         }
-        st.os_buf = buf;
+        bufs.raw.clear();
+        for ev in bufs.out.iter() {
+            self.dispatch_os(st, ev.token, ev.ready, ev.res);
+        }
+        bufs.out.clear();
         if !st.timed.is_empty() {
-            let now = now.unwrap_or_else(Instant::now);
+            // Deadlines may have moved while the lock was released: ask
+            // again, and read the clock only if one is set.
             for i in 0..st.timed.len() {
-                let s = st.timed[i];
-                if st.storages[s as usize].deadline().is_some_and(|d| d <= now) {
+                let s = st.timed[i] as usize;
+                let Some(d) = st.storages[s].get().deadline() else {
+                    continue;
+                };
+                let now = *now.get_or_insert_with(Instant::now);
+                if d <= now {
                     let mut cx = Context {
                         core: &mut st.core,
                         sys: &self.sys,
-                        storage: s,
+                        storage: s as u8,
                         index: &mut st.index,
                     };
-                    st.storages[s as usize].expire(&mut cx, now);
+                    dispatch!(&mut st.storages[s], s => s.expire(&mut cx, now));
                 }
             }
         }
@@ -614,6 +773,28 @@ impl Kqueue {
             self.cond.notify_one();
         }
         res
+    }
+
+    /// Hand one backend event to the storage its token names.
+    #[inline(always)]
+    fn dispatch_os(&self, st: &mut State, token: u64, ready: Readiness, res: i32) {
+        let idx = (token >> PAYLOAD_BITS) as usize;
+        let Some(slot) = st.storages.get_mut(idx.wrapping_sub(1)) else {
+            return;
+        };
+        let mut cx = Context {
+            core: &mut st.core,
+            sys: &self.sys,
+            storage: (idx - 1) as u8,
+            index: &mut st.index,
+        };
+        let payload = token & PAYLOAD_MASK;
+        if ready.0 & sys::COMPLETION != 0 {
+            let flags = ready.0 & !sys::COMPLETION;
+            dispatch!(slot, s => s.completion(&mut cx, payload, res, flags));
+        } else {
+            dispatch!(slot, s => s.os_event(&mut cx, payload, ready));
+        }
     }
 
     /// Collect up to `out.len()` events from the ready list, applying each
@@ -645,48 +826,67 @@ impl Kqueue {
             st.core.ready.count -= 1;
             let id = KnoteId { key, gen: k.gen };
             let sidx = k.storage;
-            let mut ev = k.to_event();
             let mut cx = Context {
                 core: &mut st.core,
                 sys: &self.sys,
                 storage: sidx,
                 index: &mut st.index,
             };
-            let storage = &mut st.storages[sidx as usize];
-            if !storage.event(&mut cx, id, &mut ev) {
-                // The storage may have dropped the knote (its fd closed).
-                if let Some(k) = cx.try_knote_mut(id) {
-                    k.status &= !ACTIVE;
+            let slot = &mut st.storages[sidx as usize];
+            let delivered = dispatch!(slot, s => Self::deliver(s, &mut cx, id, &mut out[n], call));
+            match delivered {
+                Delivered::No => {}
+                Delivered::Yes => n += 1,
+                Delivered::Level => {
+                    n += 1;
+                    held += 1;
                 }
-                continue;
-            }
-            out[n] = ev;
-            n += 1;
-            let k = &mut cx.core.knotes[key as usize];
-            k.delivered_in = call;
-            let flags = k.flags;
-            if flags.contains(Flags::ONESHOT) {
-                storage.detach(&mut cx, id);
-                cx.drop_knote(id);
-            } else if flags.intersects(Flags::CLEAR | Flags::DISPATCH) {
-                if flags.contains(Flags::CLEAR) {
-                    k.data = 0;
-                    k.fflags = 0;
-                }
-                if flags.contains(Flags::DISPATCH) {
-                    k.status |= DISABLED;
-                }
-                k.status &= !ACTIVE;
-                if flags.contains(Flags::CLEAR) {
-                    storage.clear(&mut cx, id);
-                }
-            } else {
-                // Level: stays queued; re-checked before the next delivery.
-                cx.core.ready.push(k, key);
-                held += 1;
             }
         }
         (n, held)
+    }
+
+    /// Re-check one knote taken off the ready list and, if its condition
+    /// holds, report it into `out` and apply its mode.
+    #[inline(always)]
+    fn deliver<S: Storage + ?Sized>(
+        storage: &mut S,
+        cx: &mut Context<'_>,
+        id: KnoteId,
+        out: &mut Kevent,
+        call: u64,
+    ) -> Delivered {
+        if !storage.event(cx, id, out) {
+            // The storage may have dropped the knote (its fd closed).
+            if let Some(k) = cx.try_knote_mut(id) {
+                k.status &= !ACTIVE;
+            }
+            return Delivered::No;
+        }
+        let k = &mut cx.core.knotes[id.key as usize];
+        k.delivered_in = call;
+        let flags = k.flags;
+        if flags.contains(Flags::ONESHOT) {
+            storage.detach(cx, id);
+            cx.drop_knote(id);
+        } else if flags.intersects(Flags::CLEAR | Flags::DISPATCH) {
+            if flags.contains(Flags::CLEAR) {
+                k.data = 0;
+                k.fflags = 0;
+            }
+            if flags.contains(Flags::DISPATCH) {
+                k.status |= DISABLED;
+            }
+            k.status &= !ACTIVE;
+            if flags.contains(Flags::CLEAR) {
+                storage.clear(cx, id);
+            }
+        } else {
+            // Level: stays queued; re-checked before the next delivery.
+            cx.core.ready.push(k, id.key);
+            return Delivered::Level;
+        }
+        Delivered::Yes
     }
 
     fn sync_exposed(&self, st: &State) {
@@ -708,17 +908,31 @@ impl Kqueue {
 }
 
 impl Exposed {
-    /// The pollable face: an epoll fd watching the backend's fd and an
-    /// eventfd that mirrors "the ready list is not empty". Built with the
-    /// queue (so errors surface from `Kqueue::new`), kept in sync only once
-    /// `as_fd()` was called.
+    /// The pollable face: an epoll fd that will watch the backend's fds and
+    /// an eventfd that mirrors "the ready list is not empty". Both are made
+    /// with the queue (so running out of fds surfaces from `Kqueue::new`),
+    /// but the watches are added only by the first `as_fd()`: a backend fd
+    /// nested in another epoll makes every wake-up of the backend's own
+    /// epoll walk the outer one too (the kernel's nested-epoll callbacks),
+    /// a cost on every event of a queue nobody polls from outside.
     fn new(backend_fds: [RawFd; 3]) -> io::Result<Exposed> {
         let ep = sys::syscall!(epoll_create1(libc::EPOLL_CLOEXEC))?;
         // SAFETY: `ep` was just created and is owned by no one else.
         let ep = unsafe { OwnedFd::from_raw_fd(ep) };
         let pending = sys::eventfd()?;
-        let [a, b, c] = backend_fds;
-        for fd in [a, b, c, pending.as_raw_fd()]
+        Ok(Exposed {
+            ep,
+            pending,
+            backend_fds,
+            armed: std::sync::atomic::AtomicBool::new(false),
+            signalled: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Add the watches (once, under the queue's lock).
+    fn arm(&self) {
+        let [a, b, c] = self.backend_fds;
+        for fd in [a, b, c, self.pending.as_raw_fd()]
             .into_iter()
             .filter(|&fd| fd >= 0)
         {
@@ -726,27 +940,33 @@ impl Exposed {
                 events: libc::EPOLLIN as u32,
                 u64: fd as u64,
             };
-            sys::syscall!(epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev))?;
+            if let Err(e) = sys::syscall!(epoll_ctl(
+                self.ep.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                fd,
+                &mut ev
+            )) {
+                log::warn!("kevent: the queue's pollable fd cannot watch fd {fd}: {e}");
+            }
         }
-        Ok(Exposed {
-            ep,
-            pending,
-            armed: std::sync::atomic::AtomicBool::new(false),
-            signalled: std::sync::atomic::AtomicBool::new(false),
-        })
     }
 }
 
 impl AsFd for Kqueue {
     /// An fd readable while events are pending (the ready list is not
     /// empty or the backend has events), so a queue nests in another queue
-    /// (`Filter::Read`), in epoll, or in tokio's `AsyncFd`. It is kept in
-    /// sync from the first call on; until then a queue pays nothing for it.
+    /// (`Filter::Read`), in epoll, or in tokio's `AsyncFd`. It is set up and
+    /// kept in sync from the first call on; until then a queue pays nothing
+    /// for it.
     fn as_fd(&self) -> BorrowedFd<'_> {
         use std::sync::atomic::Ordering;
-        if !self.exposed.armed.swap(true, Ordering::Relaxed) {
+        if !self.exposed.armed.load(Ordering::Acquire) {
             let st = self.state.lock();
-            self.sync_exposed(&st);
+            if !self.exposed.armed.load(Ordering::Relaxed) {
+                self.exposed.arm();
+                self.exposed.armed.store(true, Ordering::Release);
+                self.sync_exposed(&st);
+            }
         }
         self.exposed.ep.as_fd()
     }
@@ -787,7 +1007,26 @@ impl Drop for Kqueue {
                 storage: sidx,
                 index,
             };
-            storages[sidx as usize].detach(&mut cx, id);
+            dispatch!(&mut storages[sidx as usize], s => s.detach(&mut cx, id));
+        }
+        // End the ring's requests before the storages (and the buffers
+        // their ops lent the kernel) go; their final completions still
+        // reach the storages.
+        let mut done = Vec::new();
+        self.sys.shutdown(&mut done);
+        for ev in done {
+            let idx = (ev.token >> PAYLOAD_BITS) as usize;
+            let Some(slot) = storages.get_mut(idx.wrapping_sub(1)) else {
+                continue;
+            };
+            let mut cx = Context {
+                core,
+                sys: &self.sys,
+                storage: (idx - 1) as u8,
+                index,
+            };
+            let flags = ev.ready.0 & !sys::COMPLETION;
+            dispatch!(slot, s => s.completion(&mut cx, ev.token & PAYLOAD_MASK, ev.res, flags));
         }
     }
 }
@@ -796,7 +1035,7 @@ impl Drop for Kqueue {
 pub struct Builder {
     sys: Sys,
     backend: Backend,
-    storages: Vec<Box<dyn Storage>>,
+    storages: Vec<Slot>,
 }
 
 impl fmt::Debug for Builder {
@@ -812,13 +1051,34 @@ impl Builder {
     /// Add a storage. A later storage for a filter replaces an earlier one.
     #[must_use]
     pub fn storage(mut self, s: Box<dyn Storage>) -> Builder {
-        self.storages.push(s);
+        self.storages.push(Slot::Dyn(s));
         self
     }
 
     /// The backend the queue will use.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Declare that one thread only — the one calling this — will collect
+    /// events from the queue (other threads may still apply changes and
+    /// trigger USER events). On io_uring the ring is then set up with
+    /// `SINGLE_ISSUER | DEFER_TASKRUN`: completions are processed inside
+    /// that thread's own wait, never by interrupting it, which is cheaper
+    /// and can cause no spurious `EINTR` (see `Kqueue::kevent`). A wait
+    /// from another thread then fails with an error. No effect on epoll;
+    /// if the kernel refuses these flags the shared ring is kept (logged).
+    #[must_use]
+    pub fn single_thread(mut self) -> Builder {
+        if let Sys::IoUring(_) = self.sys {
+            match sys::uring::Uring::new(true) {
+                Ok(u) => self.sys = Sys::IoUring(u),
+                Err(e) => log::warn!(
+                    "kevent: single-issuer io_uring unavailable ({e}); keeping the shared ring"
+                ),
+            }
+        }
+        self
     }
 
     /// Build the queue.
@@ -835,6 +1095,7 @@ impl Builder {
         let mut by_filter = [u8::MAX; 16];
         let mut timed = Vec::new();
         for (i, s) in self.storages.iter().enumerate() {
+            let s = s.get();
             for f in s.filters() {
                 by_filter[f.slot()] = i as u8;
             }
@@ -854,8 +1115,8 @@ impl Builder {
                 followers: 0,
                 calls: 0,
                 closed: false,
-                os_buf: Vec::with_capacity(256),
             }),
+            bufs: LeaderCell(std::cell::UnsafeCell::new(sys::WaitBufs::default())),
             cond: Condvar::new(),
             sys: self.sys,
             backend: self.backend,

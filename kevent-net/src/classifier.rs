@@ -105,6 +105,8 @@ pub enum ClassifierError {
     NoSuchChannel(usize),
     /// `u32::MAX` flows are installed.
     TableFull,
+    /// Room for the flow table could not be allocated.
+    OutOfMemory,
 }
 
 impl fmt::Display for ClassifierError {
@@ -112,6 +114,7 @@ impl fmt::Display for ClassifierError {
         match self {
             Self::NoSuchChannel(c) => write!(f, "no channel {c}"),
             Self::TableFull => f.write_str("flow table is full"),
+            Self::OutOfMemory => f.write_str("cannot allocate room for the flow table"),
         }
     }
 }
@@ -230,9 +233,19 @@ impl Classifier {
 
     /// Pre-allocates room for `n` more flows, so that inserting them does
     /// not allocate.
-    pub fn reserve(&mut self, n: usize) {
-        self.map.reserve(n);
-        self.flows.reserve(n);
+    ///
+    /// # Errors
+    ///
+    /// [`ClassifierError::OutOfMemory`] if the room cannot be allocated
+    /// (e.g. an absurd `n`); the classifier is unchanged apart from any
+    /// room already reserved.
+    pub fn reserve(&mut self, n: usize) -> Result<(), ClassifierError> {
+        self.map
+            .try_reserve(n)
+            .map_err(|_| ClassifierError::OutOfMemory)?;
+        self.flows
+            .try_reserve(n)
+            .map_err(|_| ClassifierError::OutOfMemory)
     }
 
     fn flow_id(slot: u32, generation: u32) -> u64 {

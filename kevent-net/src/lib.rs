@@ -33,10 +33,10 @@ mod sys;
 
 pub use channel::{
     channel, ChannelError, ChunkError, Consumer, Notifier, PacketDesc, PopError, Producer,
-    PushError, WaitPrep, MAX_CAPACITY,
+    PushError, ReadChunk, WaitPrep, WriteChunk, MAX_CAPACITY,
 };
 #[cfg(not(loom))]
-pub use channel::{wait_in, ChannelConsumer, ReadChunk, WriteChunk};
+pub use channel::{wait_in, ChannelConsumer};
 
 #[cfg(not(loom))]
 pub mod aio;

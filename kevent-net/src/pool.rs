@@ -19,17 +19,49 @@
 //! To move a buffer through a [`channel`](crate::channel) (whose
 //! descriptors are `Copy`), turn the token into its raw id with
 //! [`Buf::into_raw`] and reclaim it on the other side with
-//! [`BufferPool::from_raw`]. The same raw ids are what the kernel sees when
-//! the region is registered as an io_uring provided-buffer ring (see
-//! [`BufferPool::as_ptr`]): a buffer handed to the kernel is owned by the
-//! kernel until its final completion, and reclaimed from the id the
-//! completion carries.
+//! [`BufferPool::from_raw`]. The same raw ids are what the kernel sees in
+//! an io_uring provided-buffer ring filled from the pool (see
+//! [`BufferPool::as_ptr`] and below): a buffer handed to the kernel is
+//! owned by the kernel until its final completion, and reclaimed from the
+//! id the completion carries.
 //!
 //! # Back-pressure
 //!
 //! An empty pool is not an error path that panics: `alloc` returns `None`
 //! and [`BufferPool::exhaustions`] counts the event. Freeing buffers makes
 //! allocation succeed again.
+//!
+//! # The region and io_uring: a provided-buffer ring, not registered buffers
+//!
+//! On io_uring the pool *is* what the kernel receives into: every entry of
+//! the `PacketSource`'s provided-buffer ring (`IORING_REGISTER_PBUF_RING`,
+//! 16-byte `io_uring_buf` descriptors in a small mapping of their own) is
+//! the address of a pool buffer, and its buffer id is the pool id. The
+//! region itself is deliberately *not* registered with
+//! `IORING_REGISTER_BUFFERS`, because nothing on this path would use it:
+//!
+//! - A receive with buffer selection takes the entry's address as a plain
+//!   user pointer (`io_ring_buffer_select` → `u64_to_user_ptr(addr)`,
+//!   imported as a user range) and the socket layer copies the datagram
+//!   into it, exactly as `recvmmsg` does. Registered ("fixed") buffers are
+//!   consulted only by ops that name one by index: `READ_FIXED`,
+//!   `WRITE_FIXED`, `SEND(MSG)_ZC` with `IORING_RECVSEND_FIXED_BUF`,
+//!   `URING_CMD` with fixed buffers. The receive path uses none; the send
+//!   path is `sendmmsg` (`BatchSender`), and zero-copy send copies on
+//!   loopback anyway.
+//! - Registration pins every page of the region and charges it to
+//!   `RLIMIT_MEMLOCK` (8 MiB here) unless the process has
+//!   `CAP_IPC_LOCK`. Measured here (`io_uring_register_buffers` of the
+//!   region in 1 MiB chunks): 2 MiB pool 33–36 µs, 5.25 MiB 100–160 µs,
+//!   32 MiB 1.1 ms as root; as an unprivileged user an 8 MiB pool already
+//!   fails with `ENOMEM` — the mixer's pool for 2000 participants
+//!   (~10 MiB) could not be registered at all.
+//!
+//! So registering would cost locked memory and a hard size limit for no
+//! receive-path gain; the buffer ring alone (at most 32768 × 16 bytes)
+//! counts against `RLIMIT_MEMLOCK`. A future fixed-buffer send could
+//! register the region then, sized within the limit, with the buffer
+//! index of a chunk derivable from the pool id.
 
 use std::alloc::{self, Layout};
 use std::fmt;
@@ -175,8 +207,8 @@ impl BufferPool {
     /// Allocates a zeroed, page-aligned region of `count` buffers of
     /// `buf_size` bytes, all free.
     ///
-    /// Keep `count * buf_size` within `RLIMIT_MEMLOCK` (8 MiB here) if the
-    /// region is to be registered with io_uring.
+    /// The region is plain memory: it is never pinned or registered (see
+    /// the module docs), so its size is bounded only by memory.
     ///
     /// # Errors
     ///

@@ -52,6 +52,8 @@
 //! Pool buffers are provided to the kernel by address; they are not
 //! registered (pinned), so only the buffer ring itself (16 bytes per entry,
 //! at most 32768 entries) counts against `RLIMIT_MEMLOCK` (8 MiB here).
+//! Why registering the pool would buy nothing on this path is in the
+//! [`BufferPool`] docs.
 
 mod mmsg;
 mod send;
@@ -218,8 +220,20 @@ impl Sink {
     /// Handles one datagram the kernel wrote into buffer `id`: `len`
     /// payload bytes at `HEADROOM`, the source address at `NAME_OFFSET`
     /// (`namelen` bytes of it valid). The buffer is owned by the source.
+    ///
+    /// `kaddr` is where the kernel was told to write the payload, taken
+    /// from what was handed to it (the `iovec`, or the buffer-ring entry
+    /// and the `recvmsg` layout), not recomputed from `id`: it goes to the
+    /// trace, so a test can check the consumer reads that very memory.
     #[inline]
-    pub(crate) fn deliver(&mut self, id: u32, len: usize, namelen: usize, truncated: bool) {
+    pub(crate) fn deliver(
+        &mut self,
+        id: u32,
+        len: usize,
+        namelen: usize,
+        truncated: bool,
+        kaddr: *const u8,
+    ) {
         let cap = self.pool.buf_size() - HEADROOM;
         if truncated || len > cap {
             self.stats.truncated += 1;
@@ -238,8 +252,7 @@ impl Sink {
             return;
         };
         let i = self.trace_next % TRACE_LEN;
-        // SAFETY: computing an address inside the buffer; nothing is read.
-        self.trace[i] = (id, unsafe { base.add(HEADROOM) } as usize);
+        self.trace[i] = (id, kaddr.addr());
         self.trace_next = self.trace_next.wrapping_add(1);
         let key = FlowKey::udp(src, self.local);
         let desc = PacketDesc::new(id, len as u32, 0);
@@ -330,8 +343,14 @@ enum Rx {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct PacketSource {
-    sink: Sink,
+    // Field order is drop order, and it matters: `rx` (the io_uring ring
+    // the kernel receives through) must go before `sink`, which holds the
+    // `Arc<BufferPool>` whose memory the kernel writes into. Were `sink`
+    // first, dropping the last handle of the pool would free the region
+    // while the ring (and a receive the cancel could not stop) still
+    // points into it.
     rx: Rx,
+    sink: Sink,
     sock: OwnedFd,
 }
 
@@ -359,8 +378,10 @@ impl PacketSource {
     /// `InvalidInput` for a pool whose buffers cannot hold the layout
     /// (smaller than 128 bytes), a `Multishot` pool of more than 65536
     /// buffers (buffer ids are 16-bit there) or bad mode parameters;
-    /// `Unsupported` if io_uring or buffer rings are unavailable; the OS
-    /// error of setting up the socket or ring.
+    /// `OutOfMemory` if the table of the classifier's channels cannot be
+    /// allocated (an absurd channel count); `Unsupported` if io_uring or
+    /// buffer rings are unavailable; the OS error of setting up the socket
+    /// or ring.
     pub fn new(
         sock: std::net::UdpSocket,
         pool: Arc<BufferPool>,
@@ -373,7 +394,20 @@ impl PacketSource {
         sock.set_nonblocking(true)?;
         let local = sock.local_addr()?;
         let sock = OwnedFd::from(sock);
-        let mut producers = Vec::with_capacity(classifier.channels());
+        // One slot per channel; the count comes from the caller, so an
+        // absurd one is an error, not an allocation panic.
+        let mut producers = Vec::new();
+        producers
+            .try_reserve_exact(classifier.channels())
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::OutOfMemory,
+                    format!(
+                        "cannot allocate the producer table for {} channels",
+                        classifier.channels()
+                    ),
+                )
+            })?;
         producers.resize_with(classifier.channels(), || None);
         let mut sink = Sink {
             pool,
@@ -401,7 +435,7 @@ impl PacketSource {
             }
             RecvMode::PerPacket => Rx::Mmsg(mmsg::MmsgRx::new(1, true)),
         };
-        Ok(Self { sink, rx, sock })
+        Ok(Self { rx, sink, sock })
     }
 
     /// A source in the mode [`RecvMode::for_backend`] picks for `kq`.
@@ -537,9 +571,12 @@ impl PacketSource {
 
     /// The last [`TRACE_LEN`] datagrams delivered or dropped after
     /// classification, oldest first: `(buffer id, address the kernel wrote
-    /// the payload to)`. The address is the one handed to the kernel
-    /// (the `iovec`, or the buffer-ring entry plus the `recvmsg` header),
-    /// so a consumer can check it sees that very memory.
+    /// the payload to)`. The address is read back from what was handed to
+    /// the kernel — the `iovec` of `recvmmsg`/`recvfrom`, or the
+    /// provided-buffer ring entry the completion consumed plus the
+    /// multishot `recvmsg` layout (`io_uring_recvmsg_out`, name, control)
+    /// — so a consumer can check that the slice it reads is that very
+    /// memory (a receive into scratch memory and a copy would not be).
     pub fn trace(&self) -> impl Iterator<Item = (u32, *const u8)> + '_ {
         let n = self.sink.trace_next;
         let (start, len) = if n < TRACE_LEN {
@@ -567,7 +604,18 @@ impl PacketSource {
 impl Drop for PacketSource {
     fn drop(&mut self) {
         match &mut self.rx {
-            Rx::Uring(u) => u.shutdown(&mut self.sink),
+            Rx::Uring(u) => {
+                if !u.shutdown(&mut self.sink) {
+                    // The kernel never confirmed the end of the multishot
+                    // receive: it may still write into any buffer of the
+                    // ring, i.e. anywhere in the pool, after the ring fd is
+                    // closed (io_uring cancels a dying ring's requests
+                    // asynchronously). Keep the pool's memory alive for
+                    // the rest of the process rather than risk the kernel
+                    // writing into freed (reused) memory.
+                    std::mem::forget(Arc::clone(&self.sink.pool));
+                }
+            }
             Rx::Mmsg(m) => m.release(&mut self.sink),
         }
         self.sink.flush_drops();

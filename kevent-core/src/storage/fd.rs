@@ -40,12 +40,40 @@
 //! rather than failing with it, and the program's own `SO_ERROR` reads 0.
 //! Take the errno from `fflags`.
 //!
-//! **Close and reuse.** Linux drops a closed fd from epoll silently. Each
-//! fd entry remembers the file's `(st_dev, st_ino)`; a change for the fd
-//! whose file differs drops the stale knotes first (so `ADD` starts clean),
-//! and a knote re-checked without a fresh kernel event verifies the
-//! identity before reporting, so a reused number never yields a stale
-//! event.
+//! **Close and reuse.** Linux drops a closed fd from epoll silently, and
+//! that is what tells a stale entry: a change for an fd that has an entry
+//! asks epoll whether the fd still names the registered file (an
+//! `EPOLL_CTL_ADD` answering `EEXIST` changes nothing; a `DELETE` is its
+//! own `EPOLL_CTL_DEL`/`MOD`, whose `ENOENT`/`EBADF` say the same), and a
+//! knote re-checked without a fresh kernel event asks the same before
+//! reporting. A stale entry's knotes are dropped first (so `ADD` starts
+//! clean, a file reopened at the same number included), and a reused
+//! number never yields a stale event. No `fstat` on these paths (an
+//! `epoll_ctl` costs ~210 ns of CPU here, an `fstat` ~370 ns): a new
+//! entry is registered at once, and its kind is learnt by one `fstat` at
+//! its first event (or at once when epoll refuses the fd: a regular file
+//! or directory, which has no registration and keeps its `(st_dev,
+//! st_ino)` for the same checks).
+//!
+//! **Level re-check.** A level knote stays on the ready list after its
+//! delivery and is re-checked before the next one: the identity probe
+//! above, then the `data` syscall (`FIONREAD`; `poll` with `NODATA`);
+//! when new activity has arrived meanwhile, the call's peek of the
+//! backend finds the knote fresh and the probe is skipped. Two kernel
+//! re-checks were measured and not kept:
+//! - re-arming the registration (`EPOLL_CTL_MOD`, which re-polls the file
+//!   and reports it again if still ready) at the next call, instead of
+//!   keeping the knote queued: fewer syscalls in a loop that consumes and
+//!   waits (3 per message instead of 5), but an `EPOLL_CTL_MOD` costs far
+//!   more than the probe, and on the queue bench `level_redelivery` went
+//!   from 1.12x to 1.71x raw level-triggered epoll + `FIONREAD` (CPU), and
+//!   `pingpong_level` from 1.11x to 1.38x;
+//! - a level-triggered registration, which would re-check for free in
+//!   every wait: a registration outlives the fd number while a dup or a
+//!   forked child keeps the file open, and a level one would then report
+//!   on every wait for good (no fd names it any more, so it cannot be
+//!   deleted): a user closing such an fd without `EV_DELETE` — normal
+//!   under kqueue — would turn every blocking `kevent()` into a busy loop.
 //!
 //! On io_uring the backend keeps a watch per knote (per direction) in
 //! epoll instances the ring waits on, not a `PollAdd`: a poll request pins
@@ -83,6 +111,9 @@ use std::os::fd::RawFd;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
+    /// Registered with the backend, not classified yet (the first event
+    /// that needs the kind classifies it: one `fstat`).
+    Unknown,
     Pipe,
     Socket,
     TcpListener,
@@ -130,6 +161,9 @@ pub(crate) struct FdStorage {
     diag: super::unix_diag::UnixDiag,
 }
 
+/// `last`'s mode when the change did not `fstat` the fd.
+const MODE_UNKNOWN: u32 = u32::MAX;
+
 /// Payload tag of the fd storage's own inotify fd.
 const TAG_FILES: u8 = 3;
 
@@ -173,6 +207,9 @@ impl FileWatches {
 
     fn remove(&mut self, id: KnoteId) {
         use std::os::fd::AsRawFd;
+        if self.wd_of.is_empty() {
+            return;
+        }
         let Some(wd) = self.wd_of.remove(&id.key) else {
             return;
         };
@@ -297,21 +334,111 @@ impl FdStorage {
     }
 
     /// Drop an entry's knotes without callbacks (the file behind it is gone).
+    /// `DELETE` of a registered knote without an `fstat`: take its watch
+    /// down (or narrow the fd's watch to the other knote's direction) now,
+    /// and let the kernel's answer say whether the number still names the
+    /// file registered: `ENOENT`/`EBADF` mean it was closed (FreeBSD
+    /// dropped the knotes then), so the entry goes and the change fails
+    /// as FreeBSD's would. `None`: not this case (no entry, no such
+    /// knote, a regular file), resolve as usual.
+    fn delete_checked(
+        &mut self,
+        cx: &mut Context<'_>,
+        fd: RawFd,
+        is_read: bool,
+    ) -> Option<Result<(), Errno>> {
+        let per_knote = cx.per_knote_watches();
+        let e = self.entry(fd)?;
+        let has = if is_read {
+            e.read.is_some()
+        } else {
+            e.write.is_some()
+        };
+        if !has || e.kind == Kind::Regular {
+            return None;
+        }
+        let bit = if is_read { 1 } else { 2 };
+        let other = if is_read {
+            e.write.is_some()
+        } else {
+            e.read.is_some()
+        };
+        let dir = if is_read {
+            Interest::Read
+        } else {
+            Interest::Write
+        };
+        let (res, left) = if per_knote {
+            if e.registered & bit == 0 {
+                return None;
+            }
+            let r = cx.unwatch_checked(fd, dir, None, 0);
+            (r, e.registered & !bit)
+        } else {
+            let left = if other { 3 & !bit } else { 0 };
+            if e.registered == 0 {
+                return None;
+            }
+            let keep = match left {
+                0 => None,
+                1 => Some(Interest::Read),
+                _ => Some(Interest::Write),
+            };
+            let r = cx.unwatch_checked(fd, dir, keep, payload_of(e.gen, 0, fd));
+            (r, left)
+        };
+        match res {
+            Ok(()) => {
+                e.registered = left;
+                Some(Ok(()))
+            }
+            Err(err) => {
+                let errno = err.raw_os_error().unwrap_or(libc::EINVAL);
+                if matches!(errno, libc::ENOENT | libc::EBADF) {
+                    // The file behind the number is gone: so are its knotes.
+                    self.drop_entry(cx, fd);
+                }
+                Some(Err(errno))
+            }
+        }
+    }
+
+    /// Whether `fd` still names the file the entry registered, asked of
+    /// epoll (an `EPOLL_CTL_ADD` that finds the registration fails with
+    /// `EEXIST` and changes nothing; epoll forgets a registration when its
+    /// file is closed): one syscall, as the `fstat` it replaces, and right
+    /// also for a file reopened at the same number. `Ok(false)`: stale
+    /// (the probe's own registration is undone); `Err(EBADF)`: closed.
+    fn same_file(&mut self, cx: &mut Context<'_>, fd: RawFd) -> Result<bool, Errno> {
+        let per_knote = cx.per_knote_watches();
+        let Some(e) = self.entry(fd) else {
+            return Ok(false);
+        };
+        let (interest, tag) = match (per_knote, e.registered) {
+            (_, 0) => return Ok(false),
+            (true, r) if r & 1 != 0 => (Interest::Read, 1),
+            (true, _) => (Interest::Write, 2),
+            (false, 1) => (Interest::Read, 0),
+            (false, 2) => (Interest::Write, 0),
+            (false, _) => (Interest::Both, 0),
+        };
+        match cx.probe_watch(fd, interest, payload_of(e.gen, tag, fd)) {
+            Ok(found) => Ok(found),
+            Err(err) => Err(match err.raw_os_error() {
+                // Now a file epoll cannot watch: not the one registered.
+                Some(libc::EPERM) => return Ok(false),
+                Some(errno) => errno,
+                None => libc::EINVAL,
+            }),
+        }
+    }
+
     fn drop_entry(&mut self, cx: &mut Context<'_>, fd: RawFd) {
         if let Some(e) = self.fds.get_mut(fd as usize).and_then(|e| e.take()) {
             for id in [e.read, e.write].into_iter().flatten() {
                 self.files.remove(id);
                 cx.drop_knote(id);
             }
-        }
-    }
-
-    fn lowat(cx: &Context<'_>, id: KnoteId) -> i64 {
-        let k = cx.knote(id);
-        if k.sfflags() & note::LOWAT != 0 && k.sdata() > 0 {
-            k.sdata()
-        } else {
-            1
         }
     }
 }
@@ -323,19 +450,56 @@ impl Storage for FdStorage {
 
     fn resolve(&mut self, cx: &mut Context<'_>, ch: &Kevent) -> Result<(), Errno> {
         let fd = fd_of(ch.ident)?;
-        let st = match sys::fstat(fd) {
-            Ok(st) => st,
-            Err(_) => {
-                // Closed: whatever we had for this number is stale.
-                self.drop_entry(cx, fd);
-                return Err(libc::EBADF);
+        self.last = None;
+        if ch.flags.contains(Flags::DELETE) && !ch.flags.contains(Flags::ADD) {
+            if let Some(r) = self.delete_checked(cx, fd, ch.filter == Filter::Read) {
+                return r;
             }
-        };
-        let (dev, ino) = (st.st_dev, st.st_ino);
-        if self.entry(fd).is_some_and(|e| e.dev != dev || e.ino != ino) {
-            self.drop_entry(cx, fd);
         }
-        self.last = Some((fd, dev, ino, st.st_mode));
+        match self.entry(fd).map(|e| e.kind) {
+            Some(Kind::Regular) => {
+                // No registration to ask: compare the file's identity.
+                let st = match sys::fstat(fd) {
+                    Ok(st) => st,
+                    Err(_) => {
+                        // Closed: whatever we had for this number is stale.
+                        self.drop_entry(cx, fd);
+                        return Err(libc::EBADF);
+                    }
+                };
+                if self
+                    .entry(fd)
+                    .is_some_and(|e| e.dev != st.st_dev || e.ino != st.st_ino)
+                {
+                    self.drop_entry(cx, fd);
+                }
+                self.last = Some((fd, st.st_dev, st.st_ino, st.st_mode));
+                return Ok(());
+            }
+            Some(_) => match self.same_file(cx, fd) {
+                Ok(true) => {
+                    self.last = Some((fd, 0, 0, MODE_UNKNOWN));
+                    return Ok(());
+                }
+                // Closed, or its number reused: FreeBSD dropped the knotes
+                // at close; start clean.
+                Ok(false) => self.drop_entry(cx, fd),
+                Err(errno) => {
+                    self.drop_entry(cx, fd);
+                    return Err(errno);
+                }
+            },
+            None => {}
+        }
+        if !ch.flags.contains(Flags::ADD) {
+            // Nothing registered: the change fails with ENOENT, or EBADF
+            // for a closed number (FreeBSD looks the fd up first).
+            sys::syscall!(fcntl(fd, libc::F_GETFD)).map_err(|_| libc::EBADF)?;
+        }
+        // A new entry: no fstat; the registration's own epoll_ctl tells a
+        // bad fd (EBADF) or one epoll cannot watch (EPERM: a regular file
+        // or directory is then classified by `fstat`).
+        self.last = Some((fd, 0, 0, MODE_UNKNOWN));
         Ok(())
     }
 
@@ -348,10 +512,17 @@ impl Storage for FdStorage {
         };
         debug_assert_eq!(lfd, fd);
         if self.fds.len() <= fd as usize {
+            // Never grow the table for a number that is not open (a bad
+            // fd can be any number up to i32::MAX).
+            sys::syscall!(fcntl(fd, libc::F_GETFD)).map_err(|_| libc::EBADF)?;
             self.fds.resize_with(fd as usize + 1, || None);
         }
         if self.fds[fd as usize].is_none() {
-            let kind = classify(fd, mode);
+            let kind = if mode == MODE_UNKNOWN {
+                Kind::Unknown
+            } else {
+                classify(fd, mode)
+            };
             self.next_gen = self.next_gen.wrapping_add(1) & GEN_MASK;
             self.fds[fd as usize] = Some(FdEntry {
                 gen: self.next_gen,
@@ -375,6 +546,42 @@ impl Storage for FdStorage {
         } else {
             e.write = Some(id);
         }
+        if e.kind == Kind::Unknown && e.registered == 0 {
+            // Register first: the kernel says what the fd is not.
+            let per_knote = cx.per_knote_watches();
+            let bit = if is_read { 1 } else { 2 };
+            let tag = if per_knote { bit } else { 0 };
+            let interest = if is_read {
+                Interest::Read
+            } else {
+                Interest::Write
+            };
+            match cx.watch_fd(fd, interest, payload_of(e.gen, tag, fd)) {
+                Ok(()) => {
+                    e.registered = bit;
+                    return Ok(());
+                }
+                Err(err) => {
+                    let errno = err.raw_os_error().unwrap_or(libc::EINVAL);
+                    // EPERM: no poll support; a regular file or a directory
+                    // is watched its own way, anything else is refused.
+                    let file = match errno {
+                        libc::EPERM => sys::fstat(fd).ok().filter(|st| {
+                            matches!(st.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFDIR)
+                        }),
+                        _ => None,
+                    };
+                    let Some(st) = file else {
+                        self.fds[fd as usize] = None;
+                        return Err(errno);
+                    };
+                    e.kind = Kind::Regular;
+                    e.dev = st.st_dev;
+                    e.ino = st.st_ino;
+                }
+            }
+        }
+        let e = self.fds[fd as usize].as_mut().expect("entry kept");
         if e.kind == Kind::Regular {
             if is_read {
                 if let Err(err) = self.files.add(cx, fd, id) {
@@ -429,34 +636,12 @@ impl Storage for FdStorage {
     }
 
     fn modify(&mut self, cx: &mut Context<'_>, id: KnoteId, ch: &Kevent) -> Result<(), Errno> {
-        let k = cx.knote(id);
-        let (ident, is_read) = (k.ident(), k.filter() == Filter::Read);
-        // A file reopened at the same number with the same inode (a FIFO,
-        // a tty) passed `resolve`, but epoll dropped the old open file's
-        // registration at close: an `ADD` makes sure it is there (`ADD`,
-        // or `MOD` if it still is).
-        if ch.flags.contains(Flags::ADD) {
-            if let Ok(fd) = fd_of(ident) {
-                let per_knote = cx.per_knote_watches();
-                if let Some(e) = self.entry(fd).filter(|e| e.kind != Kind::Regular) {
-                    let bit = if is_read { 1 } else { 2 };
-                    let tag = if per_knote { bit } else { 0 };
-                    let interest = match if per_knote { bit } else { e.registered | bit } {
-                        1 => Interest::Read,
-                        2 => Interest::Write,
-                        _ => Interest::Both,
-                    };
-                    let payload = payload_of(e.gen, tag, fd);
-                    cx.watch_fd(fd, interest, payload)
-                        .map_err(|err| err.raw_os_error().unwrap_or(libc::EINVAL))?;
-                }
-            }
-        }
-        // Only now, when nothing can fail: a failed change leaves the
-        // knote as it was.
         let k = cx.knote_mut(id);
         k.set_sfflags(ch.fflags);
         k.sdata = ch.data;
+        // `resolve` proved the registration is still the file's (a file
+        // reopened at the same number is a new open file: its knotes were
+        // dropped and this change made a new one).
         // FreeBSD re-evaluates the filter after a change.
         cx.activate(id);
         Ok(())
@@ -495,62 +680,132 @@ impl Storage for FdStorage {
         }
     }
 
+    #[inline(always)]
     fn os_event(&mut self, cx: &mut Context<'_>, payload: u64, ready: Readiness) {
-        let fd = (payload & FD_MASK) as RawFd;
+        let fd = (payload & FD_MASK) as usize;
         let tag = (payload >> TAG_SHIFT) & 3;
         if tag == TAG_FILES as u64 {
             self.files.drain(cx);
             return;
         }
         let gen = (payload >> GEN_SHIFT) as u32;
-        let Some(e) = self.entry(fd) else { return };
+        let Some(Some(e)) = self.fds.get_mut(fd) else {
+            return;
+        };
         if e.gen != gen {
             return;
         }
-        if ready.any(Readiness::RDHUP | Readiness::HUP) {
-            e.eof_rd = true;
+        const HUP_ERR: u32 = Readiness::RDHUP.0 | Readiness::HUP.0 | Readiness::ERROR.0;
+        if ready.0 & HUP_ERR != 0 {
+            if ready.any(Readiness::RDHUP | Readiness::HUP) {
+                e.eof_rd = true;
+            }
+            if ready.any(Readiness::HUP | Readiness::ERROR) {
+                e.eof_wr = true;
+            }
+            if ready.any(Readiness::ERROR) {
+                e.err = true;
+            }
         }
-        if ready.any(Readiness::HUP | Readiness::ERROR) {
-            e.eof_wr = true;
-        }
-        if ready.any(Readiness::ERROR) {
-            e.err = true;
-        }
-        let (r, w) = (e.read, e.write);
-        if let Some(id) = r.filter(|_| tag != 2) {
-            if ready.any(Readiness::READABLE | Readiness::RDHUP | Readiness::HUP | Readiness::ERROR)
-            {
+        const RD: u32 = Readiness::READABLE.0 | HUP_ERR;
+        const WR: u32 = Readiness::WRITABLE.0 | Readiness::HUP.0 | Readiness::ERROR.0;
+        if tag != 2 && ready.0 & RD != 0 {
+            if let Some(id) = e.read {
                 cx.activate_with(id, ready);
             }
         }
-        if let Some(id) = w.filter(|_| tag != 1) {
-            if ready.any(Readiness::WRITABLE | Readiness::HUP | Readiness::ERROR) {
+        if tag != 1 && ready.0 & WR != 0 {
+            if let Some(id) = e.write {
                 cx.activate_with(id, ready);
             }
         }
     }
 
+    #[inline(always)]
     fn event(&mut self, cx: &mut Context<'_>, id: KnoteId, out: &mut Kevent) -> bool {
-        let fresh = cx.is_fresh(id);
-        let lowat = Self::lowat(cx, id);
+        // The hot case inline: a READ knote on a pipe, socket or tty with a
+        // fresh kernel event (so no identity check), no mark, no EOF.
         let k = cx.knote(id);
+        let sfflags = k.sfflags();
+        if k.fresh_round > cx.core.call_round
+            && k.filter() == Filter::Read
+            && sfflags & (note::LOWAT | note::FILE_POLL) == 0
+        {
+            if let Some(Some(e)) = self.fds.get(k.ident() as usize) {
+                if matches!(e.kind, Kind::Pipe | Kind::Socket | Kind::Tty)
+                    && !e.eof_rd
+                    && k.hint() & (Readiness::HUP.0 | Readiness::RDHUP.0) == 0
+                {
+                    let data = if sfflags & note::NODATA != 0 {
+                        1
+                    } else if e.fionread_ok {
+                        match sys::ioctl_int(k.ident() as RawFd, libc::FIONREAD) {
+                            Ok(n) => n as i64,
+                            Err(_) => return self.event_slow(cx, id, out),
+                        }
+                    } else {
+                        return self.event_slow(cx, id, out);
+                    };
+                    if data < 1 || (data == 1 && k.hint() & Readiness::READABLE.0 == 0) {
+                        return self.event_slow(cx, id, out);
+                    }
+                    *out = k.to_event();
+                    out.data = data;
+                    return true;
+                }
+            }
+        }
+        self.event_slow(cx, id, out)
+    }
+}
+
+impl FdStorage {
+    /// [`Storage::event`] for every case but the inline hot one.
+    #[inline(never)]
+    fn event_slow(&mut self, cx: &mut Context<'_>, id: KnoteId, out: &mut Kevent) -> bool {
+        let call_round = cx.core.call_round;
+        let k = cx.knote(id);
+        let fresh = k.fresh_round > call_round;
         *out = k.to_event();
+        let sfflags = k.sfflags();
+        let lowat = if sfflags & note::LOWAT != 0 && k.sdata() > 0 {
+            k.sdata()
+        } else {
+            1
+        };
         let hint = Readiness(k.hint());
         let is_read = k.filter() == Filter::Read;
-        let file_poll = k.sfflags() & note::FILE_POLL != 0;
-        let nodata = k.sfflags() & note::NODATA != 0;
+        let file_poll = sfflags & note::FILE_POLL != 0;
+        let nodata = sfflags & note::NODATA != 0;
         let Ok(fd) = fd_of(k.ident()) else {
             return false;
         };
-        let Some(e) = self.fds.get_mut(fd as usize).and_then(|e| e.as_mut()) else {
+        let Some(Some(e)) = self.fds.get_mut(fd as usize) else {
             return false;
         };
         if !fresh {
             // Without a fresh kernel event the fd may have been closed and
             // its number reused since the knote was queued.
+            if e.kind == Kind::Regular {
+                match sys::fstat(fd) {
+                    Ok(st) if st.st_dev == e.dev && st.st_ino == e.ino => {}
+                    _ => return false,
+                }
+            } else if self.same_file(cx, fd) != Ok(true) {
+                return false;
+            }
+        }
+        let Some(Some(e)) = self.fds.get_mut(fd as usize) else {
+            return false;
+        };
+        if e.kind == Kind::Unknown {
             match sys::fstat(fd) {
-                Ok(st) if st.st_dev == e.dev && st.st_ino == e.ino => {}
-                _ => return false,
+                Ok(st) => {
+                    e.kind = classify(fd, st.st_mode);
+                    // The inode names the socket for sock_diag.
+                    (e.dev, e.ino) = (st.st_dev, st.st_ino);
+                }
+                Err(_) => return false,
             }
         }
         let kind = e.kind;

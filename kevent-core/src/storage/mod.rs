@@ -174,7 +174,7 @@ impl Context<'_> {
     }
 
     /// As [`Context::activate`], recording the OS readiness that caused it.
-    #[inline]
+    #[inline(always)]
     pub fn activate_with(&mut self, id: KnoteId, ready: Readiness) {
         self.core.activate(id, Some(ready));
     }
@@ -285,6 +285,40 @@ impl Context<'_> {
         self.sys.unregister_buf_ring(u16::from(self.storage))
     }
 
+    /// Narrow or remove this storage's watch of `fd` and report whether
+    /// `fd` still named the registered file: `drop` is the direction that
+    /// goes, `keep` what stays registered on a per-fd backend (`None`:
+    /// nothing; ignored with [`Context::per_knote_watches`], where only
+    /// `drop`'s watch goes). Fails with `ENOENT` if the file was closed
+    /// (its number free or reused: epoll forgot the registration), `EBADF`
+    /// if the number is closed. Costs the one `epoll_ctl` the change makes
+    /// anyway, so it doubles as an identity check without `fstat`.
+    pub(crate) fn unwatch_checked(
+        &mut self,
+        fd: RawFd,
+        drop: Interest,
+        keep: Option<Interest>,
+        payload: u64,
+    ) -> io::Result<()> {
+        let token = ((self.storage as u64 + 1) << PAYLOAD_BITS) | (payload & PAYLOAD_MASK);
+        self.sys.unwatch_checked(fd, token, drop, keep)
+    }
+
+    /// Whether this storage's watch of `fd` made with `interest` is still
+    /// registered for the file `fd` names now: `Ok(true)` if so (nothing
+    /// changes), `Ok(false)` if not (the file was closed and the number
+    /// is free or reused; the probe's registration is undone), or the
+    /// kernel's error (`EBADF` for a closed number).
+    pub(crate) fn probe_watch(
+        &mut self,
+        fd: RawFd,
+        interest: Interest,
+        payload: u64,
+    ) -> io::Result<bool> {
+        let token = ((self.storage as u64 + 1) << PAYLOAD_BITS) | (payload & PAYLOAD_MASK);
+        self.sys.probe(fd, token, interest)
+    }
+
     /// Stop watching `fd` (a watch made with `Interest::Read` or `Both`).
     /// An fd already closed is not an error.
     pub fn unwatch_fd(&mut self, fd: RawFd) -> io::Result<()> {
@@ -331,7 +365,7 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    #[inline]
+    #[inline(always)]
     pub(crate) fn activate(&mut self, id: KnoteId, ready: Option<Readiness>) {
         let Some(k) = self.knotes.get_mut(id.key as usize) else {
             return;

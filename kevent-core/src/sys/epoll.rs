@@ -10,8 +10,7 @@
 //! deadlines need nanosecond timeouts (`epoll_pwait2`; mio rounds to whole
 //! milliseconds).
 
-use super::{syscall, Interest, OsEvent, Readiness};
-use parking_lot::Mutex;
+use super::{syscall, Interest, WaitBufs};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,14 +19,10 @@ use std::time::Duration;
 /// Token reserved for the waker eventfd.
 pub(crate) const WAKE_TOKEN: u64 = u64::MAX;
 
-const EVENTS: usize = 256;
-
 #[derive(Debug)]
 pub(crate) struct Epoll {
     ep: OwnedFd,
     waker: OwnedFd,
-    /// Leader-only buffer; the lock is uncontended by construction.
-    buf: Mutex<Vec<libc::epoll_event>>,
     /// Whether `epoll_pwait2` exists (kernel ≥ 5.11).
     pwait2: AtomicBool,
 }
@@ -41,7 +36,6 @@ impl Epoll {
         let this = Epoll {
             ep,
             waker,
-            buf: Mutex::new(Vec::with_capacity(EVENTS)),
             pwait2: AtomicBool::new(true),
         };
         let mut ev = libc::epoll_event {
@@ -112,6 +106,37 @@ impl Epoll {
         }
     }
 
+    /// `EPOLL_CTL_MOD`, errors as the kernel gives them.
+    pub(crate) fn modify(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
+        let dir = match interest {
+            Interest::Read => libc::EPOLLIN | libc::EPOLLRDHUP,
+            Interest::Write => libc::EPOLLOUT,
+            Interest::Both => libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLOUT,
+        };
+        let mut ev = libc::epoll_event {
+            events: (dir | libc::EPOLLET) as u32,
+            u64: token,
+        };
+        syscall!(epoll_ctl(
+            self.ep.as_raw_fd(),
+            libc::EPOLL_CTL_MOD,
+            fd,
+            &mut ev
+        ))
+        .map(drop)
+    }
+
+    /// `EPOLL_CTL_DEL`, errors as the kernel gives them.
+    pub(crate) fn delete(&self, fd: RawFd) -> io::Result<()> {
+        syscall!(epoll_ctl(
+            self.ep.as_raw_fd(),
+            libc::EPOLL_CTL_DEL,
+            fd,
+            std::ptr::null_mut()
+        ))
+        .map(drop)
+    }
+
     pub(crate) fn deregister(&self, fd: RawFd) -> io::Result<()> {
         match syscall!(epoll_ctl(
             self.ep.as_raw_fd(),
@@ -125,23 +150,14 @@ impl Epoll {
         }
     }
 
-    pub(crate) fn wait(&self, out: &mut Vec<OsEvent>, timeout: Option<Duration>) -> io::Result<()> {
-        let mut buf = self.buf.lock();
-        buf.clear();
-        let n = self.epoll_wait(&mut buf, timeout)?;
-        // SAFETY: the kernel initialised the first `n` entries.
-        unsafe { buf.set_len(n) };
-        for ev in buf.iter() {
-            let token = ev.u64;
-            if token == WAKE_TOKEN {
-                continue;
-            }
-            out.push(OsEvent {
-                token,
-                ready: Readiness(ev.events),
-                res: 0,
-            });
-        }
+    /// Wait into `bufs.raw` (the caller's, so no lock is needed here); the
+    /// caller skips entries with [`WAKE_TOKEN`].
+    pub(crate) fn wait(&self, bufs: &mut WaitBufs, timeout: Option<Duration>) -> io::Result<()> {
+        let raw = &mut bufs.raw;
+        raw.clear();
+        let n = self.epoll_wait(raw, timeout)?;
+        // SAFETY: the kernel initialised the first `n` entries (n ≤ capacity).
+        unsafe { raw.set_len(n) };
         Ok(())
     }
 
@@ -151,6 +167,20 @@ impl Epoll {
         timeout: Option<Duration>,
     ) -> io::Result<usize> {
         let cap = buf.capacity() as i32;
+        if timeout != Some(Duration::ZERO) && super::ring_user() {
+            return self.restartable_wait(buf, timeout);
+        }
+        // A wait forever or a poll needs no nanoseconds: plain epoll_wait
+        // (glibc's, mio's call).
+        let whole_ms = match timeout {
+            None => Some(-1),
+            Some(d) if d.is_zero() => Some(0),
+            Some(_) => None,
+        };
+        if let Some(ms) = whole_ms {
+            let n = syscall!(epoll_wait(self.ep.as_raw_fd(), buf.as_mut_ptr(), cap, ms))?;
+            return Ok(n as usize);
+        }
         if self.pwait2.load(Ordering::Relaxed) {
             let ts = timeout.map(|d| libc::timespec {
                 tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
@@ -191,6 +221,45 @@ impl Epoll {
             }
         };
         let n = syscall!(epoll_wait(self.ep.as_raw_fd(), buf.as_mut_ptr(), cap, ms))?;
+        Ok(n as usize)
+    }
+
+    /// A blocking wait that only a signal's handler interrupts, for a
+    /// thread that has driven an io_uring ring: the ring's task work (a
+    /// completion, or the ring's teardown, which queues work to every
+    /// thread that ever submitted to it) sets `TIF_NOTIFY_SIGNAL`, which
+    /// makes `epoll_wait` (never restarted) fail with `EINTR` although no
+    /// signal was sent. `ppoll` fails with `ERESTARTNOHAND`, which the
+    /// kernel restarts transparently unless a handler ran, so it tells the
+    /// two apart: peek (events ready: one syscall, as usual), else block in
+    /// `ppoll` on the epoll fd (nanosecond timeout), then fetch.
+    fn restartable_wait(
+        &self,
+        buf: &mut Vec<libc::epoll_event>,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        let cap = buf.capacity() as i32;
+        let ep = self.ep.as_raw_fd();
+        let n = syscall!(epoll_wait(ep, buf.as_mut_ptr(), cap, 0))?;
+        if n > 0 {
+            return Ok(n as usize);
+        }
+        let ts = timeout.map(|d| libc::timespec {
+            tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+            tv_nsec: d.subsec_nanos() as libc::c_long,
+        });
+        let tsp = ts
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        let mut p = libc::pollfd {
+            fd: ep,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        if syscall!(ppoll(&mut p, 1, tsp, std::ptr::null()))? == 0 {
+            return Ok(0);
+        }
+        let n = syscall!(epoll_wait(ep, buf.as_mut_ptr(), cap, 0))?;
         Ok(n as usize)
     }
 

@@ -15,9 +15,12 @@
 //!   direction (`Read` and `Write` on one fd do not replace each other, and
 //!   each reports only its own direction). True for io_uring; on epoll a
 //!   second `register` of an fd replaces the first.
-//! - `wait(out, timeout)`: append ready `(token, readiness)` pairs; `None`
+//! - `wait(bufs, timeout)`: collect ready `(token, readiness)` pairs; `None`
 //!   blocks until an event or [`Sys::wake`]; the timeout is honoured to the
-//!   nanosecond where the kernel allows.
+//!   nanosecond where the kernel allows. Never called concurrently with
+//!   itself (the queue's leader protocol), so it needs no lock of its own.
+//!   An `EINTR` from it is a signal's, except on epoll when io_uring task
+//!   work of this thread interrupted the wait (see `sys/uring.rs`).
 //! - `wake()`: make a concurrent or the next `wait` return; callable from
 //!   any thread.
 //! - `pollable()`: an fd readable while `wait` would return events.
@@ -135,6 +138,28 @@ pub(crate) struct OsEvent {
     pub(crate) res: i32,
 }
 
+/// The leader's buffers for one [`Sys::wait`]: the epoll backend leaves
+/// its `epoll_event`s in `raw` (the waker's among them, `WAKE_TOKEN`), the
+/// io_uring backend its events in `out`. Owned by the queue and lent to
+/// the one thread that waits.
+#[derive(Debug)]
+pub(crate) struct WaitBufs {
+    pub(crate) out: Vec<OsEvent>,
+    pub(crate) raw: Vec<libc::epoll_event>,
+}
+
+/// Events one wait takes at most.
+pub(crate) const WAIT_EVENTS: usize = 256;
+
+impl Default for WaitBufs {
+    fn default() -> WaitBufs {
+        WaitBufs {
+            out: Vec::with_capacity(WAIT_EVENTS),
+            raw: Vec::with_capacity(WAIT_EVENTS),
+        }
+    }
+}
+
 /// Marks an [`OsEvent`] as an op completion (`EPOLLET`'s bit, which epoll
 /// never reports).
 pub(crate) const COMPLETION: u32 = 1 << 31;
@@ -176,16 +201,79 @@ impl Sys {
         }
     }
 
+    /// Narrow the watch of `fd` to `keep` (`None`: remove it; with
+    /// per-knote watches, remove the `drop` direction's), reporting the
+    /// kernel's error as is: `ENOENT` if `fd` no longer names the file that
+    /// was registered (closed, its number reused), `EBADF` if it is closed.
+    pub(crate) fn unwatch_checked(
+        &self,
+        fd: RawFd,
+        token: u64,
+        drop: Interest,
+        keep: Option<Interest>,
+    ) -> io::Result<()> {
+        match self {
+            Sys::Epoll(ep) => match keep {
+                Some(k) => ep.modify(fd, token, k),
+                None => ep.delete(fd),
+            },
+            Sys::IoUring(u) => u.delete(fd, drop),
+        }
+    }
+
+    /// Whether `fd`'s watch with `interest` is registered for the file
+    /// `fd` names now (`EPOLL_CTL_ADD` answering `EEXIST`, which changes
+    /// nothing); if the add succeeds it is undone and `Ok(false)` returned.
+    pub(crate) fn probe(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<bool> {
+        let epfd = match self {
+            Sys::Epoll(ep) => ep.pollable(),
+            Sys::IoUring(u) => u.epoll_for(interest),
+        };
+        let mut ev = libc::epoll_event {
+            events: (interest_bits(interest) | libc::EPOLLET) as u32,
+            u64: token,
+        };
+        // SAFETY: a live epoll_event for the kernel to read.
+        if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } == 0 {
+            let _ = self.deregister(fd, interest);
+            return Ok(false);
+        }
+        // Read errno without building an `io::Error` for the usual EEXIST.
+        // SAFETY: `__errno_location` returns this thread's errno.
+        match unsafe { *libc::__errno_location() } {
+            libc::EEXIST => Ok(true),
+            e => Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+
     #[inline]
     pub(crate) fn per_knote(&self) -> bool {
         matches!(self, Sys::IoUring(_))
     }
 
+    /// Wait for events into `bufs` (see the contract above).
+    ///
+    /// # Safety
+    /// Never called concurrently with itself (the queue's leader protocol).
     #[inline]
-    pub(crate) fn wait(&self, out: &mut Vec<OsEvent>, timeout: Option<Duration>) -> io::Result<()> {
+    pub(crate) unsafe fn wait(
+        &self,
+        bufs: &mut WaitBufs,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
         match self {
-            Sys::Epoll(ep) => ep.wait(out, timeout),
-            Sys::IoUring(u) => u.wait(out, timeout),
+            Sys::Epoll(ep) => ep.wait(bufs, timeout),
+            // SAFETY: forwarded from the caller.
+            Sys::IoUring(u) => unsafe { u.wait(&mut bufs.out, timeout) },
+        }
+    }
+
+    /// Before the queue goes: end every ring request still in flight,
+    /// handing storage ops' final completions to `out` (io_uring; nothing
+    /// to do on epoll).
+    pub(crate) fn shutdown(&mut self, out: &mut Vec<OsEvent>) {
+        if let Sys::IoUring(u) = self {
+            u.shutdown(out);
         }
     }
 
@@ -246,6 +334,35 @@ impl Sys {
             Sys::Epoll(ep) => [ep.pollable(), -1, -1],
             Sys::IoUring(u) => u.readiness_fds(),
         }
+    }
+}
+
+thread_local! {
+    /// Whether this thread has entered an io_uring ring of this crate (see
+    /// `Epoll::restartable_wait`).
+    static RING_USER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Note that this thread submits to an io_uring ring: from now on its
+/// blocking epoll waits use the wait that task work cannot interrupt.
+#[inline]
+pub(crate) fn set_ring_user() {
+    RING_USER.with(|r| r.set(true));
+}
+
+/// See [`set_ring_user`].
+#[inline]
+pub(crate) fn ring_user() -> bool {
+    RING_USER.with(|r| r.get())
+}
+
+/// The epoll event bits a watch with `interest` asks for (edge bit apart).
+#[inline]
+pub(crate) fn interest_bits(interest: Interest) -> i32 {
+    match interest {
+        Interest::Read => libc::EPOLLIN | libc::EPOLLRDHUP,
+        Interest::Write => libc::EPOLLOUT,
+        Interest::Both => libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLOUT,
     }
 }
 

@@ -6,9 +6,7 @@ use std::io;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::time::Duration;
 
-#[cfg(not(loom))]
-use super::error::ChunkError;
-use super::error::PopError;
+use super::error::{ChunkError, PopError};
 use super::notify::Notifier;
 use super::ring::Ring;
 use super::PacketDesc;
@@ -337,7 +335,6 @@ impl Consumer {
     /// assert_eq!(rx.slots(), 1);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    #[cfg(not(loom))]
     #[inline]
     pub fn read_chunk(&mut self, n: usize) -> Result<ReadChunk<'_>, ChunkError> {
         let filled = self.filled_at_least(n);
@@ -349,7 +346,6 @@ impl Consumer {
 }
 
 /// `n` filled slots of a [`Consumer`], not yet released.
-#[cfg(not(loom))]
 #[derive(Debug)]
 #[must_use = "a read chunk consumes nothing until committed"]
 pub struct ReadChunk<'a> {
@@ -357,13 +353,28 @@ pub struct ReadChunk<'a> {
     n: usize,
 }
 
-#[cfg(not(loom))]
 impl ReadChunk<'_> {
     /// The descriptors, oldest first: the second slice is non-empty only
     /// when the chunk wraps around the end of the ring.
+    #[cfg(not(loom))]
     #[inline]
     pub fn as_slices(&self) -> (&[PacketDesc], &[PacketDesc]) {
         self.consumer.slices(self.n)
+    }
+
+    /// Reads descriptor `k` of the chunk (the loom build's stand-in for
+    /// `as_slices`, so that loom tracks each slot's accesses).
+    ///
+    /// # Panics
+    ///
+    /// If `k >= len()`.
+    #[cfg(loom)]
+    #[must_use]
+    pub fn read(&self, k: usize) -> PacketDesc {
+        assert!(k < self.n, "slot {k} of a chunk of {}", self.n);
+        // SAFETY: `k < n <= filled` (checked by `read_chunk`, tail loaded
+        // with Acquire): the slot is the consumer's and fully written.
+        unsafe { self.consumer.ring.read(self.consumer.head.wrapping_add(k)) }
     }
 
     /// Number of descriptors in the chunk.

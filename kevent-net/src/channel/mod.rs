@@ -21,7 +21,8 @@
 //!
 //! # Need-wakeup (AF_XDP's `XDP_USE_NEED_WAKEUP`)
 //!
-//! The consumer may spin, or sleep on an eventfd ([`Notifier`]). A
+//! The consumer may spin, or sleep on an eventfd ([`Notifier`]), directly
+//! or in a kevent queue ([`ChannelConsumer`], [`wait_in`]). A
 //! producer that made a syscall after every publication would pay
 //! ~250–300 ns per push even while the consumer is running; so the
 //! consumer advertises that it may be asleep with a flag (an odd sleep
@@ -51,8 +52,71 @@
 //! Leftover notifications only cause spurious wake-ups, which
 //! [`Consumer::wait`] reports as `false`.
 //!
-//! The protocol and the index publication are model-checked with loom
-//! (`RUSTFLAGS="--cfg loom" cargo test -p kevent-net --release loom`).
+//! # Where the flag lives
+//!
+//! In a third 128-byte region, not beside `head` on the consumer's line
+//! as the issue (and AF_XDP's first layout) had it: the producer reads the
+//! flag after every publication, and beside `head` that read pulls the
+//! line the consumer writes on every pop. Interleaved runs measured single
+//! push/pop 2–2.5x slower (and 2–2.5x the CPU) with the flag beside
+//! `head`, bursts and the one-way hand-off equal; see the figures in
+//! `ring.rs`. Today's AF_XDP ring also gives `flags` a line
+//! of its own.
+//!
+//! # Waiting in a kevent queue: the eventfd as a `READ` knote
+//!
+//! A channel is a storage in the sense of the kevent model — something
+//! whose activity moves knotes to a queue's ready list — but it needs no
+//! storage or filter of its own: the consumer's wake-up is an eventfd, and
+//! [`ChannelConsumer`] registers it in the consumer's `Kqueue` as an
+//! ordinary `READ` knote (`EV_CLEAR | NOTE_NODATA`), served by the core's
+//! fd storage like any socket. Need-wakeup decides *when* the producer
+//! signals (only while the consumer may sleep, once per sleep); the
+//! eventfd is *how*. The alternative — a `Filter::User` knote in the
+//! consumer's queue that the producer triggers (`NOTE_TRIGGER`) — was
+//! measured against it (`benches/channel.rs`: group
+//! `channel/wake_per_burst`, the interleaved summary, and
+//! `CHANNEL_WAKE_ONLY=2000` runs; a consumer blocked in `kevent()` woken
+//! 500–2000 times per run; medians / ranges of the runs):
+//!
+//! | backend  | design        | machine quiet (load 1.5): waker CPU, latency | under load (5–7): waker CPU, latency |
+//! |----------|---------------|----------------------------------|-----------------------|
+//! | epoll    | eventfd READ  | 6.0–9.2 µs, 19–23 µs             | 3.3 µs, 17 µs         |
+//! | epoll    | USER trigger  | 7.8–10.7 µs, 20–29 µs            | 8.9 µs, 90 µs         |
+//! | io_uring | eventfd READ  | 7.5–10.0 µs, 23–33 µs            | 3.8 µs, 15 µs         |
+//! | io_uring | USER trigger  | 8.4–10.6 µs, 20–27 µs            | 9.0 µs, 695 µs        |
+//!
+//! On a quiet machine the two cost about the same — the wake-up of a
+//! sleeping thread dominates both, and both make exactly one `write(2)`
+//! per wake-up (`strace -f -c` of 1000 wake-ups: the trigger's is the
+//! queue's internal wake-up of its blocked waiter) — with the eventfd
+//! cheaper for the producer in 9 of 10 paired runs, by up to 24 %, and
+//! latencies within each other's noise. Under load the trigger degrades:
+//! 0.1–2.2 `sched_yield` per wake-up, because the producer's `kevent()`
+//! holds the consumer's queue lock while it applies the change and wakes
+//! the waiter, which then contends for that lock to collect its event
+//! (parking_lot's spin-then-yield). The eventfd keeps the producer off the
+//! consumer's queue entirely — it needs no `Kqueue` handle, never
+//! contends for its lock, and its syscall is the cheapest that can wake a
+//! thread — so it is the design kept.
+//!
+//! # Verification
+//!
+//! - loom (`RUSTFLAGS="--cfg loom" cargo test -p kevent-net --release
+//!   --test loom_channel`): index publication through a full ring, bursts
+//!   published whole, the need-wakeup protocol (no lost wake-up; at most
+//!   one wake-up per burst; a timed-out wait clears the flag), and the
+//!   chunk API: reserve, partial commit, partial release and uncommitted
+//!   drops, with every slot access tracked, and a commit waking a
+//!   sleeping consumer once. Under loom the chunks are filled through
+//!   indexed accessors (`WriteChunk::write`, `ReadChunk::read`) instead of
+//!   the slices, which loom cannot track; the slice code is Miri's.
+//! - Miri with `-Zmiri-strict-provenance` (`cargo +nightly miri test -p
+//!   kevent-net --lib --tests`): every channel and pool test, including
+//!   the threaded ones, through the unsafe slice code (`write_chunk`,
+//!   `read_chunk`, `push_slice`, `pop_into`). Miri models the eventfd; the
+//!   `ppoll(2)` it lacks is replaced under `cfg(miri)` by polling the
+//!   eventfd ([`Notifier::wait`]).
 //!
 //! # Examples
 //!
@@ -94,16 +158,12 @@ mod producer;
 mod queue;
 mod ring;
 
-pub use consumer::{Consumer, WaitPrep};
+pub use consumer::{Consumer, ReadChunk, WaitPrep};
 pub use desc::PacketDesc;
 pub use error::{ChannelError, ChunkError, PopError, PushError};
 pub use notify::Notifier;
-pub use producer::Producer;
+pub use producer::{Producer, WriteChunk};
 
-#[cfg(not(loom))]
-pub use consumer::ReadChunk;
-#[cfg(not(loom))]
-pub use producer::WriteChunk;
 #[cfg(not(loom))]
 pub use queue::{wait_in, ChannelConsumer};
 

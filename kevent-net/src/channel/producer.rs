@@ -3,9 +3,7 @@
 use std::fmt;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
-#[cfg(not(loom))]
-use super::error::ChunkError;
-use super::error::PushError;
+use super::error::{ChunkError, PushError};
 use super::ring::Ring;
 use super::PacketDesc;
 use crate::loom::Arc;
@@ -235,7 +233,6 @@ impl Producer {
     /// assert_eq!(rx.slots(), 3);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    #[cfg(not(loom))]
     #[inline]
     pub fn write_chunk(&mut self, n: usize) -> Result<WriteChunk<'_>, ChunkError> {
         let free = self.free_at_least(n);
@@ -247,7 +244,6 @@ impl Producer {
 }
 
 /// `n` reserved slots of a [`Producer`], not yet published.
-#[cfg(not(loom))]
 #[derive(Debug)]
 #[must_use = "a write chunk publishes nothing until committed"]
 pub struct WriteChunk<'a> {
@@ -255,13 +251,32 @@ pub struct WriteChunk<'a> {
     n: usize,
 }
 
-#[cfg(not(loom))]
 impl WriteChunk<'_> {
     /// The reserved slots, in order: the second slice is non-empty only
     /// when the chunk wraps around the end of the ring.
+    #[cfg(not(loom))]
     #[inline]
     pub fn as_mut_slices(&mut self) -> (&mut [PacketDesc], &mut [PacketDesc]) {
         self.producer.slices_mut(self.n)
+    }
+
+    /// Writes slot `k` of the chunk (the loom build's stand-in for
+    /// `as_mut_slices`: loom tracks each slot cell's accesses, which a raw
+    /// slice over the cells would bypass).
+    ///
+    /// # Panics
+    ///
+    /// If `k >= len()`.
+    #[cfg(loom)]
+    pub fn write(&mut self, k: usize, desc: PacketDesc) {
+        assert!(k < self.n, "slot {k} of a chunk of {}", self.n);
+        // SAFETY: `k < n <= free` (checked by `write_chunk`): the slot is
+        // the producer's until the commit publishes it.
+        unsafe {
+            self.producer
+                .ring
+                .write(self.producer.tail.wrapping_add(k), desc)
+        };
     }
 
     /// Number of reserved slots.

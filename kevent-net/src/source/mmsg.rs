@@ -136,6 +136,7 @@ impl MmsgRx {
                 h.msg_len as usize,
                 h.msg_hdr.msg_namelen as usize,
                 truncated,
+                self.iovs[i].iov_base.cast_const().cast(),
             );
         }
         self.armed.drain(..n);
@@ -148,6 +149,8 @@ impl MmsgRx {
         let base = sink.buf_addr(id);
         let cap = sink.pool.buf_size() - HEADROOM;
         let mut namelen = NAME_LEN as libc::socklen_t;
+        // SAFETY: `HEADROOM < buf_size`: inside buffer `id`.
+        let data = unsafe { base.add(HEADROOM) };
         sink.stats.syscalls += 1;
         // SAFETY: payload and name pointers lie inside buffer `id`, owned by
         // the source, with `cap` and `NAME_LEN` bytes of room.
@@ -155,7 +158,7 @@ impl MmsgRx {
         let r = unsafe {
             libc::recvfrom(
                 fd,
-                base.add(HEADROOM).cast(),
+                data.cast(),
                 cap,
                 libc::MSG_DONTWAIT | libc::MSG_TRUNC,
                 base.add(NAME_OFFSET).cast(),
@@ -168,7 +171,7 @@ impl MmsgRx {
             return Ok(0);
         }
         let len = r as usize;
-        sink.deliver(id, len, namelen as usize, len > cap);
+        sink.deliver(id, len, namelen as usize, len > cap, data);
         self.armed.swap_remove(0);
         Ok(1)
     }

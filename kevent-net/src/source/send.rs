@@ -109,42 +109,68 @@ impl BatchSender {
                 h.msg_hdr.msg_flags = 0;
                 h.msg_len = 0;
             }
-            let mut done = 0;
-            while done < k {
-                st.syscalls += 1;
-                // SAFETY: headers `done..k` are initialised; their names and
-                // iovecs point into `self` and into slices borrowed for 'a,
-                // alive for this call; the kernel only reads them.
+            let hdrs = self.hdrs.as_mut_ptr();
+            drive(k, &mut st, |done| {
+                // SAFETY: headers `done..k` are initialised; their names
+                // and iovecs point into `self` and into slices borrowed for
+                // 'a, alive for this call; the kernel only reads them.
                 let r = unsafe {
                     libc::sendmmsg(
                         sock.as_raw_fd(),
-                        self.hdrs.as_mut_ptr().add(done),
+                        hdrs.add(done),
                         (k - done) as libc::c_uint,
                         libc::MSG_DONTWAIT,
                     )
                 };
-                if r > 0 {
-                    done += r as usize;
-                    st.sent += r as usize;
-                    continue;
-                }
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::Interrupted => continue,
-                    io::ErrorKind::WouldBlock => {
-                        st.would_block += k - done;
-                        done = k;
-                    }
-                    _ => {
-                        // The first message failed: skip it, keep the rest.
-                        st.errors += 1;
-                        done += 1;
-                    }
-                }
-            }
+                // errno is read only when the call reports a failure.
+                usize::try_from(r).map_err(|_| io::Error::last_os_error())
+            });
             next += k;
         }
         st
+    }
+}
+
+/// Sends messages `0..k` of one prepared batch through `call(done)`, a
+/// `sendmmsg` of messages `done..k` returning how many the kernel took,
+/// and counts the outcome in `st`.
+///
+/// - `Ok(n)`, `n > 0`: `n` sent; the rest goes in the next call.
+/// - `Ok(0)`: the kernel took nothing and reported no error (`sendmmsg`
+///   returns 0 only for an empty vector, never passed here): the rest of
+///   the batch counts as errors. No errno is read (it would be stale).
+/// - `EINTR`: retried.
+/// - `EAGAIN`: the send buffer is full; the rest of the batch is dropped
+///   and counted as `would_block` (real-time data is not worth queueing).
+/// - another error: it belongs to the first unsent message (the kernel
+///   reports an error only when it sent nothing in that call); that one
+///   is counted and skipped, the rest goes in the next call.
+fn drive(k: usize, st: &mut SendStats, mut call: impl FnMut(usize) -> io::Result<usize>) {
+    let mut done = 0;
+    while done < k {
+        st.syscalls += 1;
+        match call(done) {
+            Ok(0) => {
+                st.errors += k - done;
+                done = k;
+            }
+            Ok(n) => {
+                let n = n.min(k - done);
+                done += n;
+                st.sent += n;
+            }
+            Err(e) => match e.kind() {
+                io::ErrorKind::Interrupted => {}
+                io::ErrorKind::WouldBlock => {
+                    st.would_block += k - done;
+                    done = k;
+                }
+                _ => {
+                    st.errors += 1;
+                    done += 1;
+                }
+            },
+        }
     }
 }
 
@@ -181,5 +207,85 @@ fn write_sockaddr(slot: &mut libc::sockaddr_in6, to: SocketAddr) -> libc::sockle
             };
             std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `drive` over a batch of `k` against scripted syscall results;
+    /// also checks every call starts at the first unsent message.
+    fn script(k: usize, results: &[io::Result<usize>], starts: &[usize]) -> SendStats {
+        let mut st = SendStats::default();
+        let mut i = 0;
+        drive(k, &mut st, |done| {
+            assert_eq!(done, starts[i], "call {i} starts at message {done}");
+            let r = match &results[i] {
+                Ok(n) => Ok(*n),
+                Err(e) => Err(io::Error::from(e.kind())),
+            };
+            i += 1;
+            r
+        });
+        assert_eq!(i, results.len(), "calls made");
+        st
+    }
+
+    fn errno(e: i32) -> io::Result<usize> {
+        Err(io::Error::from_raw_os_error(e))
+    }
+
+    #[test]
+    fn partial_sends_continue_where_the_kernel_stopped() {
+        let st = script(10, &[Ok(4), Ok(5), Ok(1)], &[0, 4, 9]);
+        assert_eq!(
+            (st.sent, st.would_block, st.errors, st.syscalls),
+            (10, 0, 0, 3)
+        );
+    }
+
+    #[test]
+    fn would_block_drops_the_rest_of_the_batch() {
+        let st = script(8, &[Ok(3), errno(libc::EAGAIN)], &[0, 3]);
+        assert_eq!(
+            (st.sent, st.would_block, st.errors, st.syscalls),
+            (3, 5, 0, 2)
+        );
+    }
+
+    #[test]
+    fn an_error_skips_one_message_and_goes_on() {
+        let st = script(
+            4,
+            &[
+                Ok(1),
+                errno(libc::ECONNREFUSED),
+                Ok(1),
+                errno(libc::EAFNOSUPPORT),
+            ],
+            &[0, 1, 2, 3],
+        );
+        assert_eq!(
+            (st.sent, st.would_block, st.errors, st.syscalls),
+            (2, 0, 2, 4)
+        );
+    }
+
+    #[test]
+    fn eintr_is_retried() {
+        let st = script(2, &[errno(libc::EINTR), Ok(2)], &[0, 0]);
+        assert_eq!((st.sent, st.errors, st.syscalls), (2, 0, 2));
+    }
+
+    #[test]
+    fn zero_sent_without_an_error_ends_the_batch() {
+        // No errno is consulted: a stale EAGAIN or EINTR left by an
+        // earlier call must not be mistaken for this one's outcome.
+        let st = script(5, &[Ok(2), Ok(0)], &[0, 2]);
+        assert_eq!(
+            (st.sent, st.would_block, st.errors, st.syscalls),
+            (2, 0, 3, 2)
+        );
     }
 }

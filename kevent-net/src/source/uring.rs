@@ -18,7 +18,10 @@
 //! completion names it. On drop the request is cancelled and the ring
 //! drained until the request's final completion (no `F_MORE`); only then
 //! are the slots `[consumed, tail)` read back and their buffers returned
-//! to the pool. If that wait fails the buffers are leaked, never reused.
+//! to the pool. If that wait fails the buffers are leaked, never reused:
+//! the buffer ring's mapping stays mapped and `PacketSource` keeps the
+//! whole pool alive (`Arc` forgotten), since the kernel may still write
+//! into any buffer it was given.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -68,6 +71,8 @@ struct BufRing {
     ptr: *mut RingBuf,
     entries: u16,
     len: usize,
+    /// Never unmap: the kernel may still use the ring (see `shutdown`).
+    leak: bool,
 }
 
 impl BufRing {
@@ -91,6 +96,7 @@ impl BufRing {
             ptr: p.cast(),
             entries,
             len,
+            leak: false,
         })
     }
 
@@ -120,6 +126,13 @@ impl BufRing {
         }
     }
 
+    /// The address in slot `pos & mask`: what the kernel was given.
+    fn addr(&self, pos: u16) -> u64 {
+        let i = usize::from(pos & self.mask());
+        // SAFETY: inside the mapping; the kernel only reads the slots.
+        unsafe { std::ptr::addr_of!((*self.ptr.add(i)).addr).read() }
+    }
+
     /// The buffer id in slot `pos & mask`.
     fn bid(&self, pos: u16) -> u16 {
         let i = usize::from(pos & self.mask());
@@ -131,6 +144,9 @@ impl BufRing {
 
 impl Drop for BufRing {
     fn drop(&mut self) {
+        if self.leak {
+            return;
+        }
         // SAFETY: the mapping made in `new`, unmapped once; the kernel's
         // registration is gone (unregistered, or the ring fd closed first:
         // `UringRx` drops its ring before this field).
@@ -299,6 +315,10 @@ impl UringRx {
                 self.armed = false;
             }
             if let Some(bid) = cqueue::buffer_select(flags) {
+                // The kernel takes provided buffers in ring order: this
+                // completion consumed slot `consumed`.
+                let pos = self.consumed;
+                debug_assert_eq!(self.br.bid(pos), bid, "buffer ring out of order");
                 self.consumed = self.consumed.wrapping_add(1);
                 let id = u32::from(bid);
                 if res < 0 {
@@ -311,7 +331,21 @@ impl UringRx {
                 let out = unsafe { base.cast::<RecvMsgOut>().read_unaligned() };
                 let truncated = out.flags & (libc::MSG_TRUNC as u32) != 0
                     || out.payloadlen as usize > size - super::HEADROOM;
-                sink.deliver(id, out.payloadlen as usize, out.namelen as usize, truncated);
+                // Where the kernel put the payload: the ring entry's
+                // address, past the header, the name room and the control
+                // room of the request's msghdr (liburing's
+                // `io_uring_recvmsg_payload`).
+                let kaddr = self.br.addr(pos) as usize
+                    + std::mem::size_of::<RecvMsgOut>()
+                    + self.msg.msg_namelen as usize
+                    + self.msg.msg_controllen;
+                sink.deliver(
+                    id,
+                    out.payloadlen as usize,
+                    out.namelen as usize,
+                    truncated,
+                    std::ptr::without_provenance(kaddr),
+                );
             } else if res == -libc::ENOBUFS {
                 sink.stats.enobufs += 1;
             } else if res < 0 {
@@ -392,8 +426,12 @@ impl UringRx {
     }
 
     /// Cancels the request, waits for its final completion, then returns
-    /// the buffers left in the buffer ring to the pool.
-    pub(crate) fn shutdown(&mut self, sink: &mut Sink) {
+    /// the buffers left in the buffer ring to the pool. Returns `false` if
+    /// the final completion never came: the kernel may then still write
+    /// into the ring's buffers, so the caller must keep the pool's memory
+    /// alive (the buffer ring's mapping is leaked here for the same reason).
+    #[must_use]
+    pub(crate) fn shutdown(&mut self, sink: &mut Sink) -> bool {
         let mut tries = 0;
         while self.armed && tries < 1000 {
             tries += 1;
@@ -406,8 +444,10 @@ impl UringRx {
             self.reap(sink);
         }
         if self.armed {
-            // The kernel may still own every buffer in the ring: leak them.
-            return;
+            // The kernel may still own every buffer in the ring: leak them,
+            // and the ring's mapping with them.
+            self.br.leak = true;
+            return false;
         }
         if self.registered && self.ring.submitter().unregister_buf_ring(BGID).is_ok() {
             self.registered = false;
@@ -418,5 +458,6 @@ impl UringRx {
             }
             self.consumed = self.tail;
         }
+        true
     }
 }

@@ -133,12 +133,7 @@ fn backends() -> Vec<Be> {
             });
             v.push(Be {
                 name: "uring1",
-                make: || {
-                    Kqueue::builder(Backend::IoUring)?
-                        .single_thread()
-                        .build()
-                        .map(Kqueue::from)
-                },
+                make: || Kqueue::builder(Backend::IoUring)?.single_thread().build(),
             });
         }
         Err(e) => eprintln!("queue bench: io_uring backend not available: {e}"),

@@ -14,12 +14,7 @@ use util::*;
 backends_complete_test!();
 
 fn single(b: Backend) -> Kqueue {
-    let q = Kqueue::builder(b)
-        .unwrap()
-        .single_thread()
-        .build()
-        .map(Kqueue::from)
-        .unwrap();
+    let q = Kqueue::builder(b).unwrap().single_thread().build().unwrap();
     assert_eq!(q.backend(), b);
     q
 }

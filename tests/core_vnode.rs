@@ -6,6 +6,7 @@ mod util;
 use kevent::{note, Backend, Filter, Flags};
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use util::*;
 
@@ -216,9 +217,17 @@ backend_test!(closed_and_reused_fd_drops_the_old_knote, |b: Backend| {
         &kq,
         &[ev(n, V, Flags::ADD | Flags::CLEAR, note::WRITE, 0, 1)],
     );
-    drop(fa);
-    let fb = File::open(bp.path()).unwrap();
-    assert_eq!(fb.as_raw_fd_u64(), n, "the number was not reused");
+    // Put B on A's number in one step (dup2 closes A's file there), so no
+    // other test thread can take the number in between.
+    let other = File::open(bp.path()).unwrap();
+    let raw = fa.into_raw_fd();
+    // SAFETY: `raw` is A's number, given up by `fa`; dup2 closes A's file
+    // there and makes the number name B's open file.
+    assert_eq!(unsafe { libc::dup2(other.as_raw_fd(), raw) }, raw);
+    drop(other);
+    // SAFETY: `raw` names B's open file now and nothing else owns it.
+    let fb = unsafe { File::from_raw_fd(raw) };
+    assert_eq!(fb.as_raw_fd_u64(), n);
     change(
         &kq,
         &[ev(n, V, Flags::ADD | Flags::CLEAR, note::WRITE, 0, 2)],

@@ -163,3 +163,43 @@ backend_test!(pipe_read_level_loop_does_not_allocate, |b: Backend| {
 backend_test!(pipe_read_clear_loop_does_not_allocate, |b: Backend| {
     pipe_loop(b, Flags::CLEAR)
 });
+
+backend_test!(
+    change_only_calls_do_not_grow_the_ready_list,
+    |b: Backend| {
+        // Knote 1 stays queued and is never collected, so the ready list never
+        // empties; knote 2 is queued and unqueued again by every pair of
+        // change-only calls (an empty eventlist collects nothing). Removal is
+        // lazy, so without compaction each cycle leaves a stale entry behind
+        // and the ring keeps growing (allocating) for as long as the program
+        // only makes changes.
+        let kq = core_kq(b);
+        let u = Filter::User;
+        change(&kq, &[ev(1, u, Flags::ADD, note::TRIGGER, 0, 0)]);
+        change(&kq, &[ev(2, u, Flags::ADD, 0, 0, 0)]);
+        let cycles: [[Kevent; 1]; 4] = [
+            // USER's own trigger and reset.
+            [ev(2, u, Flags::empty(), note::TRIGGER, 0, 0)],
+            [ev(2, u, Flags::CLEAR, 0, 0, 0)],
+            // The queue's DISABLE (unqueues) and ENABLE (queues again).
+            [ev(1, u, Flags::DISABLE, 0, 0, 0)],
+            [ev(1, u, Flags::ENABLE, 0, 0, 0)],
+        ];
+        let round = || {
+            for c in &cycles {
+                assert_eq!(kq.kevent(c, &mut [], Some(Duration::ZERO)).unwrap(), 0);
+            }
+        };
+        for _ in 0..WARM {
+            round();
+        }
+        let n = allocations_in(|| (0..ROUNDS * 4).for_each(|_| round()));
+        assert_eq!(n, 0, "{n} allocations in change-only calls on {b:?}");
+        // Knote 1 is reported once; knote 2, reset last, is not.
+        let mut out = [Kevent::default(); 8];
+        let n = kq.kevent(&[], &mut out, Some(Duration::ZERO)).unwrap();
+        let mut ids: Vec<u64> = out[..n].iter().map(|e| e.ident).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, [1], "{:?}", &out[..n]);
+    }
+);

@@ -195,6 +195,24 @@ impl ReadyList {
         }
     }
 
+    /// Whether the entries left behind by lazy removal outnumber the live
+    /// ones enough to be dropped: a knote removed and queued again many
+    /// times between collections (change-only calls) would otherwise grow
+    /// the ring without bound while another knote keeps `count` above 0.
+    #[inline]
+    pub(crate) fn needs_compact(&self) -> bool {
+        self.q.len() > 2 * self.count + 64
+    }
+
+    /// Drop every entry `live` rejects, keeping the others in order. Called
+    /// when [`ReadyList::needs_compact`]: the ring is then at least
+    /// `count + 64` entries longer than after the last compaction, so the
+    /// cost is amortised O(1) per push.
+    #[cold]
+    pub(crate) fn compact(&mut self, live: impl Fn(u32, u64) -> bool) {
+        self.q.retain(|&(key, seq)| live(key, seq));
+    }
+
     #[inline]
     pub(crate) fn pop_raw(&mut self) -> Option<(u32, u64)> {
         self.q.pop()
@@ -255,6 +273,23 @@ impl Ring {
         self.tail = 0;
     }
 
+    /// Keep the entries `keep` accepts, in order, packed from `head`.
+    fn retain(&mut self, keep: impl Fn(&(u32, u64)) -> bool) {
+        if self.buf.is_empty() {
+            return;
+        }
+        let mask = self.buf.len() - 1;
+        let mut w = self.head;
+        for r in self.head..self.tail {
+            let v = self.buf[r & mask];
+            if keep(&v) {
+                self.buf[w & mask] = v;
+                w += 1;
+            }
+        }
+        self.tail = w;
+    }
+
     #[cold]
     fn grow(&mut self) {
         let cap = (self.buf.len() * 2).max(64);
@@ -298,5 +333,26 @@ mod tests {
             next_out += 1;
         }
         assert_eq!(next_out, next_in);
+    }
+
+    #[test]
+    fn retain_keeps_the_accepted_entries_in_order_across_a_wrap() {
+        let mut r = Ring::default();
+        // Wrap the ring first: head and tail well past the buffer's length.
+        for i in 0..100u32 {
+            r.push((i, 0));
+            r.pop();
+        }
+        for i in 0..50u32 {
+            r.push((i, i as u64));
+        }
+        r.retain(|&(k, _)| k % 3 == 0);
+        let kept: Vec<u32> = std::iter::from_fn(|| r.pop()).map(|(k, _)| k).collect();
+        let want: Vec<u32> = (0..50).filter(|k| k % 3 == 0).collect();
+        assert_eq!(kept, want);
+        assert_eq!(r.len(), 0);
+        // Still a working FIFO afterwards.
+        r.push((7, 7));
+        assert_eq!(r.pop(), Some((7, 7)));
     }
 }

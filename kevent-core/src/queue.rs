@@ -680,6 +680,7 @@ impl Kqueue {
         if existing.is_some() && k.status & (DISABLED | QUEUED) == 0 {
             k.status |= ACTIVE;
             core.ready.push(k, id.key);
+            core.compact_ready();
         }
         Ok(())
     }

@@ -380,6 +380,21 @@ impl Core {
         }
         if k.status & (QUEUED | DISABLED) == 0 {
             self.ready.push(k, id.key);
+            self.compact_ready();
+        }
+    }
+
+    /// Drop the ready list's stale entries once they dominate (see
+    /// [`crate::knote::ReadyList::needs_compact`]). Only outside a scan.
+    #[inline]
+    pub(crate) fn compact_ready(&mut self) {
+        if self.ready.needs_compact() {
+            let knotes = &self.knotes;
+            self.ready.compact(|key, seq| {
+                knotes
+                    .get(key as usize)
+                    .is_some_and(|k| k.status & QUEUED != 0 && k.seq == seq)
+            });
         }
     }
 }

@@ -25,6 +25,8 @@
 //! descriptor, the goal ratios with PASS/FAIL, and the wake-up costs;
 //! `cargo bench --bench channel -- NONE` runs only the summary.
 
+mod common;
+
 use std::hint::black_box;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,25 +67,7 @@ fn desc(i: u64) -> PacketDesc {
     PacketDesc::new(i as u32, 64, i)
 }
 
-fn clock(id: libc::clockid_t) -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: writes one timespec; the clock ids used always exist.
-    unsafe { libc::clock_gettime(id, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-/// CPU time of the whole process (both threads of a run), ns-precise.
-fn process_cpu() -> Duration {
-    clock(libc::CLOCK_PROCESS_CPUTIME_ID)
-}
-
-/// CPU time of the calling thread.
-fn thread_cpu() -> Duration {
-    clock(libc::CLOCK_THREAD_CPUTIME_ID)
-}
+use common::{process_cpu, thread_cpu};
 
 /// One timed run: wall time, and the CPU time both threads used.
 #[derive(Clone, Copy, Debug)]
@@ -604,10 +588,7 @@ fn interleaved_summary() {
             wake_lat[i].push(w.latency.as_nanos() as f64 / WAKE_N as f64 / 1e3);
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    use common::median;
     println!(
         "\ninterleaved summary ({ROUNDS} rounds, {BATCH} descriptors per run; CPU = both threads)"
     );

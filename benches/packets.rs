@@ -13,6 +13,8 @@
 //! with medians, thread CPU per packet and ratios follows under
 //! `cargo bench`.
 
+mod common;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
@@ -195,10 +197,7 @@ fn interleaved_summary() {
             cpu[i].push(c.as_nanos() as f64 / BATCH as f64);
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    use common::median;
     println!(
         "\ninterleaved summary ({ROUNDS} rounds of {BATCH} x {PAYLOAD}-byte datagrams, {FLOWS} flows)"
     );

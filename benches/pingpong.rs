@@ -19,6 +19,8 @@
 //! zzznomatch` runs only the summary; `PINGPONG_ONLY=aio,/mio`,
 //! `PINGPONG_ITERS`, `PINGPONG_ROUNDS` narrow it).
 
+mod common;
+
 use criterion::{criterion_group, Criterion};
 use kevent::kevent_net::aio::Aio;
 use kevent::{note, Backend, Filter, Flags, Kevent, Kqueue};
@@ -650,16 +652,6 @@ fn pingpong(cr: &mut Criterion) {
     g.finish();
 }
 
-/// Process CPU time (user + system, every thread).
-fn cpu_now() -> Duration {
-    // SAFETY: an all-zero `rusage` is a valid value of this plain C struct.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `ru` is a live, correctly sized rusage for the call to fill.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
 /// After criterion: every variant run interleaved (A B C … A B C …), the
 /// median wall time and process CPU time per round trip (CPU time is the
 /// steadier figure on this shared machine), and the ratio to mio in the
@@ -678,19 +670,15 @@ fn summary() {
     let mut cpu = vec![Vec::new(); v.len()];
     for _ in 0..rounds {
         for (i, (_, f)) in v.iter().enumerate() {
-            let c0 = cpu_now();
+            let c0 = common::process_cpu();
             let w = f(iters);
-            let c = cpu_now() - c0;
+            let c = common::process_cpu() - c0;
             wall[i].push(w.as_secs_f64() * 1e6 / iters as f64);
             cpu[i].push(c.as_secs_f64() * 1e6 / iters as f64);
         }
     }
-    let med = |x: &mut Vec<f64>| {
-        x.sort_by(f64::total_cmp);
-        x[x.len() / 2]
-    };
-    let wall: Vec<f64> = wall.iter_mut().map(med).collect();
-    let cpu: Vec<f64> = cpu.iter_mut().map(med).collect();
+    let wall: Vec<f64> = wall.iter_mut().map(|x| common::median(x)).collect();
+    let cpu: Vec<f64> = cpu.iter_mut().map(|x| common::median(x)).collect();
     println!("\npingpong summary: {rounds} interleaved rounds of {iters} round trips, medians per round trip");
     println!(
         "{:<30} {:>9} {:>9} {:>12} {:>12}",

@@ -52,6 +52,8 @@
 //!     target/release/deps/queue-* pingpong_edge/kevent-epoll-nodata
 //! ```
 
+mod common;
+
 use criterion::{BenchmarkId, Criterion};
 use kevent::{note, Backend, Filter, Flags, Kevent, Kqueue};
 use std::hint::black_box;
@@ -745,15 +747,6 @@ fn run_iters(body: &mut Body, n: u64) {
     }
 }
 
-fn cpu_now() -> Duration {
-    // SAFETY: an all-zero `rusage` is a valid value of this plain C struct.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `ru` is a live, correctly sized rusage for the call to fill.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
 /// One summary row: variant, peer, median wall ns and CPU ns per iteration.
 struct Row {
     name: String,
@@ -791,23 +784,19 @@ fn interleave(g: &mut Group, f: &Option<String>) -> Vec<Row> {
     for _ in 0..ROUNDS {
         for &i in &idx {
             let n = iters[i];
-            let (c0, t0) = (cpu_now(), Instant::now());
+            let (c0, t0) = (common::process_cpu(), Instant::now());
             run_iters(&mut g.variants[i].body, n);
-            let (w, c) = (t0.elapsed(), cpu_now() - c0);
+            let (w, c) = (t0.elapsed(), common::process_cpu() - c0);
             wall[i].push(w.as_secs_f64() * 1e9 / n as f64);
             cpu[i].push(c.as_secs_f64() * 1e9 / n as f64);
         }
     }
-    let med = |x: &mut Vec<f64>| {
-        x.sort_by(f64::total_cmp);
-        x[x.len() / 2]
-    };
     idx.iter()
         .map(|&i| Row {
             name: g.variants[i].name.clone(),
             peer: g.variants[i].peer.clone(),
-            wall: med(&mut wall[i]),
-            cpu: med(&mut cpu[i]),
+            wall: common::median(&mut wall[i]),
+            cpu: common::median(&mut cpu[i]),
         })
         .collect()
 }

@@ -38,6 +38,8 @@
 //! cargo bench --bench timer -- --warm-up-time 1 --measurement-time 3
 //! ```
 
+mod common;
+
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::future::Future;
@@ -446,16 +448,6 @@ fn arm_10k(c: &mut Criterion) {
     group.finish();
 }
 
-/// Process CPU time (user + system, every thread).
-fn cpu_now() -> Duration {
-    // SAFETY: an all-zero `rusage` is a valid value of this plain C struct.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `ru` is a live, correctly sized rusage for the call to fill.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
 /// After criterion: every variant interleaved, medians per operation in
 /// wall and CPU time, ops/s and the ratios the goals are stated in.
 fn summary() {
@@ -522,22 +514,18 @@ fn summary() {
     let mut cpu = vec![Vec::new(); v.len()];
     for _ in 0..ROUNDS {
         for (i, (_, ops, calls, f)) in v.iter_mut().enumerate() {
-            let (c0, t0) = (cpu_now(), Instant::now());
+            let (c0, t0) = (common::process_cpu(), Instant::now());
             for _ in 0..*calls {
                 f();
             }
-            let (w, c) = (t0.elapsed(), cpu_now() - c0);
+            let (w, c) = (t0.elapsed(), common::process_cpu() - c0);
             let n = (*ops * u64::from(*calls)) as f64;
             wall[i].push(w.as_secs_f64() * 1e9 / n);
             cpu[i].push(c.as_secs_f64() * 1e9 / n);
         }
     }
-    let med = |x: &mut Vec<f64>| {
-        x.sort_by(f64::total_cmp);
-        x[x.len() / 2]
-    };
-    let wall: Vec<f64> = wall.iter_mut().map(med).collect();
-    let cpu: Vec<f64> = cpu.iter_mut().map(med).collect();
+    let wall: Vec<f64> = wall.iter_mut().map(|x| common::median(x)).collect();
+    let cpu: Vec<f64> = cpu.iter_mut().map(|x| common::median(x)).collect();
     let names: Vec<&str> = v.iter().map(|r| r.0).collect();
     drop(v);
     let at = |n: &str| names.iter().position(|&m| m == n);

@@ -52,15 +52,7 @@ impl Epoll {
     }
 
     pub(crate) fn register(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
-        let dir = match interest {
-            Interest::Read => libc::EPOLLIN | libc::EPOLLRDHUP,
-            Interest::Write => libc::EPOLLOUT,
-            Interest::Both => libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLOUT,
-        };
-        let mut ev = libc::epoll_event {
-            events: (dir | libc::EPOLLET) as u32,
-            u64: token,
-        };
+        let mut ev = edge_event(interest, token);
         match syscall!(epoll_ctl(
             self.ep.as_raw_fd(),
             libc::EPOLL_CTL_ADD,
@@ -84,15 +76,7 @@ impl Epoll {
     /// As `register`, trying `EPOLL_CTL_MOD` first: one syscall for an fd
     /// that is most likely registered already (re-arming after `EAGAIN`).
     pub(crate) fn reregister(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
-        let dir = match interest {
-            Interest::Read => libc::EPOLLIN | libc::EPOLLRDHUP,
-            Interest::Write => libc::EPOLLOUT,
-            Interest::Both => libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLOUT,
-        };
-        let mut ev = libc::epoll_event {
-            events: (dir | libc::EPOLLET) as u32,
-            u64: token,
-        };
+        let mut ev = edge_event(interest, token);
         match syscall!(epoll_ctl(
             self.ep.as_raw_fd(),
             libc::EPOLL_CTL_MOD,
@@ -108,15 +92,7 @@ impl Epoll {
 
     /// `EPOLL_CTL_MOD`, errors as the kernel gives them.
     pub(crate) fn modify(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
-        let dir = match interest {
-            Interest::Read => libc::EPOLLIN | libc::EPOLLRDHUP,
-            Interest::Write => libc::EPOLLOUT,
-            Interest::Both => libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLOUT,
-        };
-        let mut ev = libc::epoll_event {
-            events: (dir | libc::EPOLLET) as u32,
-            u64: token,
-        };
+        let mut ev = edge_event(interest, token);
         syscall!(epoll_ctl(
             self.ep.as_raw_fd(),
             libc::EPOLL_CTL_MOD,
@@ -269,5 +245,14 @@ impl Epoll {
 
     pub(crate) fn pollable(&self) -> RawFd {
         self.ep.as_raw_fd()
+    }
+}
+
+/// The edge-triggered `epoll_event` of a watch with `interest`.
+#[inline]
+fn edge_event(interest: Interest, token: u64) -> libc::epoll_event {
+    libc::epoll_event {
+        events: (super::interest_bits(interest) | libc::EPOLLET) as u32,
+        u64: token,
     }
 }

@@ -416,8 +416,14 @@ impl Worker {
     }
 
     /// Answer the complete requests buffered (when no send is in flight),
-    /// in one send.
+    /// in one send; then pause or resume the receive ([`Self::flow`]) —
+    /// also while a send is in flight, which is when requests pile up.
     fn respond_all(&mut self, slot: u32) {
+        self.answer(slot);
+        self.flow(slot);
+    }
+
+    fn answer(&mut self, slot: u32) {
         let draining = self.base.draining.is_some();
         let Base {
             http, stats, conns, ..
@@ -463,7 +469,6 @@ impl Worker {
                 self.send_file(slot, e);
             }
         }
-        self.flow(slot);
     }
 
     /// Pause the receive of a client far ahead of reading its answers;

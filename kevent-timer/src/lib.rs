@@ -7,7 +7,8 @@
 //! - [`TimerStorage`]: `EVFILT_TIMER` for a kevent queue, with FreeBSD's
 //!   semantics and a missed-tick policy per timer.
 //! - [`Ticker`]: a 1 kHz (or any rate) tick source that reports its own
-//!   health, and [`stats`]: the accuracy statistics it keeps.
+//!   health, [`spin`]: how it wakes early and spins to each deadline, and
+//!   [`stats`]: the accuracy statistics it keeps.
 //!
 //! # Examples
 //!
@@ -23,6 +24,7 @@
 //! ```
 
 pub mod policy;
+pub mod spin;
 pub mod stats;
 pub mod storage;
 mod sys;
@@ -30,7 +32,10 @@ pub mod ticker;
 pub mod wheel;
 
 pub use policy::{MissedTickPolicy, DEFAULT_CATCHUP_CAP};
+pub use spin::{AdaptiveSpin, Spin};
 pub use stats::TickStats;
 pub use storage::{TimerStorage, Wakeup};
-pub use ticker::{set_realtime, Health, Tick, Ticker, TickerBuilder, TickerError, WaitMethod};
+pub use ticker::{
+    pin_current_thread, set_realtime, Health, Tick, Ticker, TickerBuilder, TickerError, WaitMethod,
+};
 pub use wheel::{Key, TickClock, Wheel};

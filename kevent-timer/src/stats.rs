@@ -103,6 +103,18 @@ impl TickStats {
         self.last_wake_ns = Some(now_ns);
     }
 
+    /// Empties the statistics, keeping their allocation.
+    pub fn clear(&mut self) {
+        self.lateness.reset();
+        self.ticks = 0;
+        self.events = 0;
+        self.wakes = 0;
+        self.missed = 0;
+        self.last_wake_ns = None;
+        self.longest_gap_ns = 0;
+        self.probed = 0;
+    }
+
     /// Grid ticks that passed (delivered, merged or dropped).
     #[must_use]
     pub fn ticks(&self) -> u64 {
@@ -234,6 +246,11 @@ mod tests {
         assert!((l.max - 2000.5).abs() < 2.0, "{l:?}");
         assert_eq!(s.measured_period(), Some(Duration::from_millis(1)));
         assert!(!s.clamped());
+        s.clear();
+        assert_eq!((s.ticks(), s.missed(), s.wakes(), s.events()), (0, 0, 0, 0));
+        assert_eq!(s.longest_gap(), Duration::ZERO);
+        assert_eq!(s.measured_period(), None);
+        assert_eq!(s.lateness_us(), Lateness::default());
     }
 
     #[test]

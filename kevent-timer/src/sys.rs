@@ -100,6 +100,52 @@ pub(crate) fn fifo_priority_range() -> (i32, i32) {
     }
 }
 
+/// The calling thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), in ns. Not
+/// in the vDSO: one syscall.
+pub(crate) fn thread_cpu_ns() -> io::Result<u64> {
+    let mut ts = timespec(0);
+    // SAFETY: `ts` is a valid, writable timespec.
+    cvt(unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) })?;
+    Ok(ns(&ts))
+}
+
+/// The CPUs the calling thread may run on (`sched_getaffinity`), ascending.
+pub(crate) fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: an all-zero cpu_set_t is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pid 0 is the calling thread; `set` is a writable cpu_set_t of
+    // the size passed.
+    cvt(unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) })?;
+    Ok((0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `cpu` < CPU_SETSIZE, the set's size in bits.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
+}
+
+/// Pins the calling thread to `cpu` (`sched_setaffinity`). `EINVAL` for a
+/// CPU outside the set the thread may use (or beyond `CPU_SETSIZE`).
+pub(crate) fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: an all-zero cpu_set_t is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` < CPU_SETSIZE was checked above.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the
+    // size passed.
+    cvt(unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) })?;
+    Ok(())
+}
+
+/// The CPU the calling thread runs on now (`sched_getcpu`).
+#[cfg(test)]
+pub(crate) fn current_cpu() -> io::Result<usize> {
+    // SAFETY: no arguments.
+    let r = cvt(unsafe { libc::sched_getcpu() })?;
+    Ok(r as usize)
+}
+
 /// Sleeps until `CLOCK_MONOTONIC` reaches `deadline_ns`. Restarts on EINTR
 /// with the same absolute deadline, so a signal costs no drift.
 pub(crate) fn sleep_until(deadline_ns: u64) -> io::Result<()> {
@@ -252,6 +298,44 @@ mod tests {
             set_timer_slack(50_000).unwrap();
             min_timer_slack_once();
             assert_eq!(timer_slack().unwrap(), 50_000);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn thread_cpu_clock_counts_this_thread_only() {
+        std::thread::spawn(|| {
+            let a = thread_cpu_ns().unwrap();
+            // Sleeping costs (almost) no CPU; spinning costs all of it.
+            sleep_until(monotonic_ns() + 20_000_000).unwrap();
+            let b = thread_cpu_ns().unwrap();
+            let end = monotonic_ns() + 20_000_000;
+            while monotonic_ns() < end {
+                std::hint::spin_loop();
+            }
+            let c = thread_cpu_ns().unwrap();
+            assert!(b - a < 10_000_000, "a 20 ms sleep cost {} ns", b - a);
+            // Lower bound loose: the host may take the vCPU meanwhile.
+            assert!(c - b > 1_000_000, "a 20 ms spin cost {} ns", c - b);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn pinning_to_an_allowed_cpu_and_refusing_others() {
+        std::thread::spawn(|| {
+            let allowed = allowed_cpus().unwrap();
+            assert!(!allowed.is_empty());
+            let cpu = *allowed.last().unwrap();
+            pin_to_cpu(cpu).unwrap();
+            assert_eq!(allowed_cpus().unwrap(), vec![cpu]);
+            assert_eq!(current_cpu().unwrap(), cpu);
+            for bad in [libc::CPU_SETSIZE as usize, usize::MAX] {
+                let e = pin_to_cpu(bad).unwrap_err();
+                assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{bad}");
+            }
         })
         .join()
         .unwrap();

@@ -49,8 +49,12 @@ use std::thread::{self, ThreadId};
 use std::time::Duration;
 
 use crate::policy::{catchup_step, step, MissedTickPolicy, Schedule, DEFAULT_CATCHUP_CAP};
+use crate::spin::{Spin, SpinEstimator};
 use crate::stats::{Lateness, TickStats};
 use crate::sys;
+
+/// Wakes between two samples of the tick thread's CPU clock (one syscall).
+const CPU_SAMPLE_WAKES: u32 = 128;
 
 /// How the ticker sleeps until a deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -109,6 +113,19 @@ pub enum TickerError {
     /// Spinning before deadlines ([`TickerBuilder::spin`]) needs
     /// [`WaitMethod::Nanosleep`]: a periodic timerfd cannot wake early.
     SpinNeedsNanosleep,
+    /// The spin's parameters are unusable (a fixed spin not shorter than
+    /// the period, an adaptive quantile outside 0.5..=1, a cap outside 1 to
+    /// [`MAX_SPIN_PERCENT`](crate::spin::MAX_SPIN_PERCENT) %).
+    InvalidSpin(&'static str),
+    /// The tick thread cannot be pinned to this CPU: it does not exist, is
+    /// offline, or is outside the CPUs this process may use (cpuset).
+    CpuNotAllowed {
+        /// The CPU asked for.
+        cpu: usize,
+        /// The CPUs online (`/sys/devices/system/cpu/online`), or if that
+        /// cannot be read, the ones the calling thread may use.
+        available: Vec<usize>,
+    },
     /// Any other OS error.
     Io(io::Error),
 }
@@ -131,6 +148,12 @@ impl fmt::Display for TickerError {
             TickerError::SpinNeedsNanosleep => {
                 f.write_str("spinning before deadlines needs the clock_nanosleep wait method")
             }
+            TickerError::InvalidSpin(why) => f.write_str(why),
+            TickerError::CpuNotAllowed { cpu, available } => write!(
+                f,
+                "cannot pin the tick thread to CPU {cpu}: it does not exist or this process may not use it (available: {})",
+                cpu_list(available)
+            ),
             TickerError::Io(e) => write!(f, "tick source: {e}"),
         }
     }
@@ -159,7 +182,9 @@ pub struct TickerBuilder {
     policy: MissedTickPolicy,
     method: WaitMethod,
     realtime: Option<i32>,
-    spin: Duration,
+    /// `None`: the method's default (adaptive for nanosleep, off for timerfd).
+    spin: Option<Spin>,
+    cpu: Option<usize>,
     catchup_cap: u64,
 }
 
@@ -208,14 +233,35 @@ impl TickerBuilder {
         self
     }
 
-    /// Wake `spin` before each deadline and busy-wait on the clock for the
-    /// rest (default zero: no spinning). Trades CPU for lateness: the
-    /// kernel's wake-up latency (tens of µs in a VM whose vCPU halts when
-    /// idle) is paid before the deadline instead of after it, at the cost
-    /// of up to `spin` of CPU per tick (10 % of a core for 100 µs at
-    /// 1 kHz). Needs [`WaitMethod::Nanosleep`].
-    pub fn spin(mut self, spin: Duration) -> Self {
-        self.spin = spin;
+    /// How to spend the last moments before each deadline ([`Spin`]; a
+    /// `Duration` converts: zero is [`Spin::Off`], else [`Spin::Fixed`]).
+    ///
+    /// Default: [`Spin::ADAPTIVE`] with [`WaitMethod::Nanosleep`] (wake
+    /// early by the p99 of the measured wake-up latency + 10 µs, at most
+    /// 20 % of the period, and busy-wait on the clock for the rest), and
+    /// [`Spin::Off`] with [`WaitMethod::Timerfd`]. Spinning trades CPU for
+    /// lateness: the wake-up latency (tens of µs in a VM whose vCPU halts
+    /// when idle) is paid before the deadline instead of after it, at the
+    /// cost of up to the spin's length of CPU per tick — what it costs is
+    /// in [`Health::spin_percent`] and [`Health::cpu_percent`]. Figures and
+    /// why it is the default: the [module docs](self#spinning).
+    /// A spin other than `Off` needs [`WaitMethod::Nanosleep`].
+    pub fn spin(mut self, spin: impl Into<Spin>) -> Self {
+        self.spin = Some(spin.into());
+        self
+    }
+
+    /// Pin the tick thread to `cpu` (`sched_setaffinity` on the thread
+    /// that calls [`Ticker::tick`], on its first call); `None` (the
+    /// default) leaves its affinity alone.
+    ///
+    /// What to do when the other cores are busy: pin the tick thread to a
+    /// CPU of its own (and the busy work elsewhere, e.g. `taskset`), with
+    /// [`realtime`](Self::realtime) so nothing on that CPU runs before it.
+    /// Unpinned, a woken thread may be placed behind a busy task or
+    /// migrated, and a tick is missed in the scheduler, not the clock.
+    pub fn cpu(mut self, cpu: Option<usize>) -> Self {
+        self.cpu = cpu;
         self
     }
 
@@ -225,8 +271,11 @@ impl TickerBuilder {
     /// # Errors
     ///
     /// [`TickerError::ZeroPeriod`], [`TickerError::PeriodBelowResolution`],
-    /// [`TickerError::BadPriority`], or [`TickerError::Io`] if the clock or
-    /// the timerfd cannot be had.
+    /// [`TickerError::BadPriority`], [`TickerError::SpinNeedsNanosleep`],
+    /// [`TickerError::InvalidSpin`], [`TickerError::CpuNotAllowed`] for a
+    /// CPU that is not online (one outside the process's cpuset is refused
+    /// by the kernel at the first tick, with the same error), or
+    /// [`TickerError::Io`] if the clock or the timerfd cannot be had.
     pub fn build(self) -> Result<Ticker, TickerError> {
         let period_ns = u64::try_from(self.period.as_nanos()).unwrap_or(u64::MAX);
         if period_ns == 0 {
@@ -245,9 +294,37 @@ impl TickerBuilder {
                 return Err(TickerError::BadPriority { priority, min, max });
             }
         }
-        let spin_ns = u64::try_from(self.spin.as_nanos()).unwrap_or(u64::MAX);
-        if spin_ns > 0 && self.method != WaitMethod::Nanosleep {
+        let spin = match (self.spin, self.method) {
+            (Some(spin), _) => spin,
+            (None, WaitMethod::Nanosleep) => Spin::ADAPTIVE,
+            (None, WaitMethod::Timerfd) => Spin::Off,
+        };
+        if spin != Spin::Off && self.method != WaitMethod::Nanosleep {
             return Err(TickerError::SpinNeedsNanosleep);
+        }
+        let (spin_ns, estimator) = match spin {
+            Spin::Off => (0, None),
+            Spin::Fixed(d) => {
+                let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+                if ns >= period_ns {
+                    return Err(TickerError::InvalidSpin(
+                        "a fixed spin must be shorter than the period",
+                    ));
+                }
+                (ns, None)
+            }
+            Spin::Adaptive(a) => {
+                if let Some(why) = a.invalid() {
+                    return Err(TickerError::InvalidSpin(why));
+                }
+                (0, Some(Box::new(SpinEstimator::new(period_ns, &a))))
+            }
+        };
+        if let Some(cpu) = self.cpu {
+            let available = available_cpus();
+            if !available.contains(&cpu) {
+                return Err(TickerError::CpuNotAllowed { cpu, available });
+            }
         }
         let timerfd = match self.method {
             WaitMethod::Timerfd => Some(sys::Timerfd::new()?),
@@ -263,7 +340,15 @@ impl TickerBuilder {
             catchup_cap: self.catchup_cap,
             method: self.method,
             realtime: self.realtime,
+            cpu: self.cpu,
+            spin,
             spin_ns,
+            estimator,
+            spin_total_ns: 0,
+            since_ns: None,
+            cpu_base: None,
+            cpu_last: None,
+            wakes_since_cpu: 0,
             timerfd,
             thread: None,
             resolution_ns,
@@ -307,7 +392,20 @@ pub struct Ticker {
     catchup_cap: u64,
     method: WaitMethod,
     realtime: Option<i32>,
+    cpu: Option<usize>,
+    spin: Spin,
+    /// A fixed spin (0 if off or adaptive).
     spin_ns: u64,
+    estimator: Option<Box<SpinEstimator>>,
+    /// Time spent spinning since the statistics were reset.
+    spin_total_ns: u64,
+    /// `CLOCK_MONOTONIC` when the statistics started (first tick or reset).
+    since_ns: Option<u64>,
+    /// (thread CPU ns, monotonic ns) on the tick thread when the
+    /// statistics started, and at the last sample.
+    cpu_base: Option<(u64, u64)>,
+    cpu_last: Option<(u64, u64)>,
+    wakes_since_cpu: u32,
     timerfd: Option<sys::Timerfd>,
     thread: Option<ThreadId>,
     resolution_ns: u64,
@@ -316,14 +414,16 @@ pub struct Ticker {
 }
 
 impl Ticker {
-    /// A builder: 1 kHz, `Merge`, `clock_nanosleep`, no real-time priority.
+    /// A builder: 1 kHz, `Merge`, `clock_nanosleep` with the adaptive spin,
+    /// no real-time priority, no pinning.
     pub fn builder() -> TickerBuilder {
         TickerBuilder {
             period: Duration::from_millis(1),
             policy: MissedTickPolicy::Merge,
             method: WaitMethod::default(),
             realtime: None,
-            spin: Duration::ZERO,
+            spin: None,
+            cpu: None,
             catchup_cap: DEFAULT_CATCHUP_CAP,
         }
     }
@@ -340,9 +440,49 @@ impl Ticker {
         &self.stats
     }
 
-    /// Clears the statistics (e.g. after a warm-up); the schedule goes on.
+    /// Clears the statistics (e.g. after a warm-up), the spin and CPU
+    /// accounting with them; the schedule, and what the adaptive spin has
+    /// learnt, go on.
     pub fn reset_stats(&mut self) {
         self.stats = TickStats::new(self.period());
+        self.spin_total_ns = 0;
+        self.since_ns = Some(sys::monotonic_ns());
+        // The CPU clock is the tick thread's: read it there.
+        self.cpu_base = None;
+        self.cpu_last = None;
+        if self.on_tick_thread() {
+            self.sample_cpu();
+        }
+    }
+
+    /// How early the ticker wakes before the next deadline now: the fixed
+    /// spin, the adaptive spin's current estimate, or zero.
+    #[must_use]
+    pub fn spin_now(&self) -> Duration {
+        Duration::from_nanos(self.current_spin_ns())
+    }
+
+    fn current_spin_ns(&self) -> u64 {
+        match &self.estimator {
+            Some(e) => e.spin_ns(),
+            None => self.spin_ns,
+        }
+    }
+
+    fn on_tick_thread(&self) -> bool {
+        self.thread == Some(thread::current().id())
+    }
+
+    /// Reads the tick thread's CPU clock (call only on that thread).
+    fn sample_cpu(&mut self) {
+        self.wakes_since_cpu = 0;
+        if let Ok(cpu) = sys::thread_cpu_ns() {
+            let sample = (cpu, sys::monotonic_ns());
+            if self.cpu_base.is_none() {
+                self.cpu_base = Some(sample);
+            }
+            self.cpu_last = Some(sample);
+        }
     }
 
     /// Blocks until the next tick is due and delivers it under the
@@ -381,6 +521,10 @@ impl Ticker {
                 }
                 self.schedule = st.schedule;
                 self.behind = self.schedule.next_deadline() <= now;
+                self.wakes_since_cpu += 1;
+                if self.wakes_since_cpu >= CPU_SAMPLE_WAKES || self.cpu_base.is_none() {
+                    self.sample_cpu();
+                }
                 return Ok(Tick {
                     count: st.data,
                     expired: st.expired,
@@ -390,25 +534,62 @@ impl Ticker {
             }
             // Not due yet. A timerfd read can also return for an expiry the
             // clock already accounted for (read raced the grid): loop.
+            let spin = self.current_spin_ns();
             match &self.timerfd {
                 Some(tfd) => {
                     tfd.wait()?;
                 }
-                None if self.spin_ns == 0 => sys::sleep_until(self.schedule.next_deadline())?,
-                None => {
-                    let deadline = self.schedule.next_deadline();
-                    sys::sleep_until(deadline.saturating_sub(self.spin_ns))?;
-                    while sys::monotonic_ns() < deadline {
-                        std::hint::spin_loop();
-                    }
-                }
+                None if spin == 0 => sys::sleep_until(self.schedule.next_deadline())?,
+                None => self.sleep_and_spin(now, spin)?,
             }
         }
     }
 
-    /// The ticker's health: clock, measured tick, statistics.
+    /// Sleeps until `spin` before the next deadline, feeds the sleep's
+    /// latency to the adaptive spin, then busy-waits on the clock until the
+    /// deadline. Never returns before it, so the caller's `step` delivers.
+    fn sleep_and_spin(&mut self, now: u64, spin: u64) -> Result<(), TickerError> {
+        let deadline = self.schedule.next_deadline();
+        let target = deadline.saturating_sub(spin);
+        let mut t = now;
+        if target > now {
+            sys::sleep_until(target)?;
+            t = sys::monotonic_ns();
+            if let Some(e) = &mut self.estimator {
+                // Independent of the spin itself: how late the sleep ended.
+                e.record(t.saturating_sub(target));
+            }
+        }
+        let from = t;
+        while t < deadline {
+            std::hint::spin_loop();
+            t = sys::monotonic_ns();
+        }
+        self.spin_total_ns += t - from;
+        Ok(())
+    }
+
+    /// The ticker's health: clock, measured tick, what spinning costs,
+    /// statistics.
+    ///
+    /// The CPU figure is the tick thread's CPU clock; called on that
+    /// thread it is read now, from any other it is as of the last sample
+    /// (every 128 wakes).
     #[must_use]
     pub fn health(&self) -> Health {
+        let now = sys::monotonic_ns();
+        let elapsed_ns = self.since_ns.map_or(0, |s| now.saturating_sub(s));
+        let fresh = if self.on_tick_thread() {
+            sys::thread_cpu_ns().ok().map(|c| (c, now))
+        } else {
+            None
+        };
+        let cpu_percent = match (self.cpu_base, fresh.or(self.cpu_last)) {
+            (Some((c0, w0)), Some((c1, w1))) if w1 > w0 => {
+                Some(c1.saturating_sub(c0) as f64 * 100.0 / (w1 - w0) as f64)
+            }
+            _ => None,
+        };
         Health {
             period: self.period(),
             resolution: Duration::from_nanos(self.resolution_ns),
@@ -418,6 +599,17 @@ impl Ticker {
             realtime: self.realtime.filter(|_| self.thread.is_some()),
             method: self.method,
             policy: self.policy,
+            cpu: self.cpu.filter(|_| self.thread.is_some()),
+            spin: self.spin,
+            spin_now: self.spin_now(),
+            spin_time: Duration::from_nanos(self.spin_total_ns),
+            spin_percent: if elapsed_ns > 0 {
+                self.spin_total_ns as f64 * 100.0 / elapsed_ns as f64
+            } else {
+                0.0
+            },
+            cpu_percent,
+            elapsed: Duration::from_nanos(elapsed_ns),
             ticks: self.stats.ticks(),
             missed: self.stats.missed(),
             lateness_us: self.stats.lateness_us(),
@@ -427,6 +619,7 @@ impl Ticker {
 
     fn start(&mut self) -> Result<(), TickerError> {
         let now = sys::monotonic_ns();
+        self.since_ns.get_or_insert(now);
         self.schedule = Schedule::new(now, self.period_ns).map_err(|_| TickerError::ZeroPeriod)?;
         if let Some(tfd) = &self.timerfd {
             tfd.set_abs(self.schedule.next_deadline(), self.period_ns)?;
@@ -441,14 +634,92 @@ impl Ticker {
         if self.thread == Some(me) {
             return Ok(());
         }
+        if let Some(cpu) = self.cpu {
+            pin_current_thread(cpu)?;
+        }
         sys::set_timer_slack(1)?;
         self.slack_ns = sys::timer_slack().ok();
         if let Some(priority) = self.realtime {
             set_realtime(priority)?;
         }
         self.thread = Some(me);
+        // Another thread's CPU clock says nothing about this one.
+        self.cpu_base = None;
+        self.cpu_last = None;
         Ok(())
     }
+}
+
+/// Pins the calling thread to `cpu`, with the errors a [`Ticker`] gives:
+/// for a thread that waits on a kevent queue's `Filter::Timer` rather than
+/// on a `Ticker` (see [`TickerBuilder::cpu`] for when to).
+///
+/// # Errors
+///
+/// [`TickerError::CpuNotAllowed`] if the CPU does not exist, is offline or
+/// is outside the process's cpuset (`EINVAL`); [`TickerError::Io`]
+/// otherwise.
+pub fn pin_current_thread(cpu: usize) -> Result<(), TickerError> {
+    sys::pin_to_cpu(cpu).map_err(|e| match e.raw_os_error() {
+        Some(libc::EINVAL) => TickerError::CpuNotAllowed {
+            cpu,
+            available: available_cpus(),
+        },
+        _ => TickerError::Io(e),
+    })
+}
+
+/// The CPUs online, from `/sys/devices/system/cpu/online` ("0-3,6"), or
+/// if that cannot be read or parsed, the calling thread's affinity.
+fn available_cpus() -> Vec<usize> {
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|s| parse_cpu_list(s.trim()))
+        .or_else(|| sys::allowed_cpus().ok())
+        .unwrap_or_default()
+}
+
+/// Parses the kernel's CPU list format ("0-3,6,8-9").
+fn parse_cpu_list(s: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (a.parse::<usize>().ok()?, b.parse::<usize>().ok()?);
+                if b < a || b - a > 1 << 16 {
+                    return None;
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(part.parse().ok()?),
+        }
+    }
+    Some(cpus)
+}
+
+/// Formats CPUs as the kernel does ("0-3,6").
+fn cpu_list(cpus: &[usize]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let mut j = i;
+        while j + 1 < cpus.len() && cpus[j + 1] == cpus[j] + 1 {
+            j += 1;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if j > i {
+            out.push_str(&format!("{}-{}", cpus[i], cpus[j]));
+        } else {
+            out.push_str(&cpus[i].to_string());
+        }
+        i = j + 1;
+    }
+    if out.is_empty() {
+        out.push_str("none known");
+    }
+    out
 }
 
 /// Puts the calling thread under `SCHED_FIFO` at `priority`, with the
@@ -487,6 +758,25 @@ pub struct Health {
     pub timer_slack: Option<Duration>,
     /// `SCHED_FIFO` priority in force, if any.
     pub realtime: Option<i32>,
+    /// The CPU the tick thread is pinned to, if any.
+    pub cpu: Option<usize>,
+    /// How the ticker spins before deadlines.
+    pub spin: Spin,
+    /// How early it wakes before the next deadline now (the adaptive
+    /// spin's current estimate).
+    pub spin_now: Duration,
+    /// Time spent spinning since the statistics started.
+    pub spin_time: Duration,
+    /// `spin_time` as a share of the time since the statistics started
+    /// (% of one core).
+    pub spin_percent: f64,
+    /// The tick thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`) as a share of
+    /// the time since the statistics started (% of one core): spinning,
+    /// syscalls, and whatever the caller does on that thread between
+    /// ticks. `None` before the thread has ticked.
+    pub cpu_percent: Option<f64>,
+    /// Time since the statistics started (first tick or reset).
+    pub elapsed: Duration,
     /// How the ticker waits.
     pub method: WaitMethod,
     /// The missed-tick policy.
@@ -518,12 +808,23 @@ impl fmt::Display for Health {
         )?;
         writeln!(
             f,
-            "thread: {:?}, slack {}, {}",
+            "thread: {:?}, slack {}, {}, {}",
             self.method,
             self.timer_slack
                 .map_or("-".to_string(), |s| format!("{s:?}")),
             self.realtime
-                .map_or("SCHED_OTHER".to_string(), |p| format!("SCHED_FIFO {p}"))
+                .map_or("SCHED_OTHER".to_string(), |p| format!("SCHED_FIFO {p}")),
+            self.cpu
+                .map_or("unpinned".to_string(), |c| format!("pinned to CPU {c}"))
+        )?;
+        writeln!(
+            f,
+            "spin: {}, now {:.1} µs; spinning {:.2} % of the time; tick thread CPU {}",
+            self.spin,
+            self.spin_now.as_secs_f64() * 1e6,
+            self.spin_percent,
+            self.cpu_percent
+                .map_or("-".to_string(), |c| format!("{c:.2} %"))
         )?;
         let l = &self.lateness_us;
         write!(
@@ -640,6 +941,150 @@ mod tests {
         ] {
             run(WaitMethod::Timerfd, p);
         }
+    }
+
+    /// Ticks under `spin` and checks each is delivered no earlier than its
+    /// deadline, against a clock read after `tick` returned too.
+    fn never_early_with(spin: Spin) -> Health {
+        let mut t = Ticker::builder().rate_hz(1000).spin(spin).build().unwrap();
+        let first = t.tick().unwrap();
+        let start = first.deadline_ns - 1_000_000;
+        for i in 0..300u64 {
+            let tick = t.tick().unwrap();
+            let after = sys::monotonic_ns();
+            assert!(tick.now_ns >= tick.deadline_ns, "{spin:?}: early {tick:?}");
+            assert!(after >= tick.deadline_ns, "{spin:?}: early {tick:?}");
+            assert_eq!((tick.deadline_ns - start) % 1_000_000, 0, "off grid");
+            if i % 100 == 99 {
+                // A stall: the next deadline is already past, or within the
+                // spin: no sleep, and still never early.
+                thread::sleep(Duration::from_micros(1900));
+            }
+        }
+        t.health()
+    }
+
+    #[test]
+    fn never_early_spin_or_not() {
+        let off = never_early_with(Spin::Off);
+        assert_eq!(off.spin_time, Duration::ZERO);
+        assert_eq!(off.spin_now, Duration::ZERO);
+        let fixed = never_early_with(Spin::Fixed(Duration::from_micros(150)));
+        assert_eq!(fixed.spin_now, Duration::from_micros(150));
+        // Woken 150 µs early ~300 times: it spun (lower bound loose, wakes
+        // may be late by more than the spin under load).
+        assert!(fixed.spin_time > Duration::ZERO, "{fixed}");
+        let adaptive = never_early_with(Spin::ADAPTIVE);
+        assert!(
+            adaptive.spin_now <= Duration::from_micros(200),
+            "{adaptive}"
+        );
+        assert!(adaptive.spin_now > Duration::ZERO, "{adaptive}");
+        assert!(adaptive.cpu_percent.is_some(), "{adaptive}");
+        assert!(adaptive.spin_percent <= 100.0, "{adaptive}");
+    }
+
+    #[test]
+    fn spin_defaults_and_errors() {
+        let t = Ticker::builder().build().unwrap();
+        assert_eq!(
+            t.spin,
+            Spin::ADAPTIVE,
+            "nanosleep spins adaptively by default"
+        );
+        assert_eq!(
+            t.spin_now(),
+            Duration::from_micros(200),
+            "the cap until it learns"
+        );
+        let t = Ticker::builder()
+            .method(WaitMethod::Timerfd)
+            .build()
+            .unwrap();
+        assert_eq!(t.spin, Spin::Off, "a timerfd cannot wake early: no spin");
+        assert!(matches!(
+            Ticker::builder()
+                .method(WaitMethod::Timerfd)
+                .spin(Spin::ADAPTIVE)
+                .build(),
+            Err(TickerError::SpinNeedsNanosleep)
+        ));
+        assert!(matches!(
+            Ticker::builder().spin(Duration::from_millis(1)).build(),
+            Err(TickerError::InvalidSpin(_))
+        ));
+        assert!(matches!(
+            Ticker::builder()
+                .spin(crate::AdaptiveSpin::new().max_percent(99))
+                .build(),
+            Err(TickerError::InvalidSpin(_))
+        ));
+        // Zero is off, also with a timerfd.
+        let t = Ticker::builder()
+            .method(WaitMethod::Timerfd)
+            .spin(Duration::ZERO)
+            .build()
+            .unwrap();
+        assert_eq!(t.spin, Spin::Off);
+    }
+
+    #[test]
+    fn pinning_to_a_missing_cpu_is_a_clear_error() {
+        let online = available_cpus();
+        assert!(!online.is_empty());
+        for bad in [online.last().unwrap() + 1, 4096, usize::MAX] {
+            match Ticker::builder().cpu(Some(bad)).build() {
+                Err(TickerError::CpuNotAllowed { cpu, available }) => {
+                    assert_eq!(cpu, bad);
+                    assert_eq!(available, online);
+                    let msg = TickerError::CpuNotAllowed { cpu, available }.to_string();
+                    assert!(msg.contains(&format!("CPU {bad}")), "{msg}");
+                }
+                other => panic!("CPU {bad}: {other:?}"),
+            }
+            // The thread-level door says the same, and leaves it unpinned.
+            let r = thread::spawn(move || {
+                let before = sys::allowed_cpus().unwrap();
+                let r = pin_current_thread(bad);
+                (r, before, sys::allowed_cpus().unwrap())
+            })
+            .join()
+            .unwrap();
+            assert!(matches!(r.0, Err(TickerError::CpuNotAllowed { cpu, .. }) if cpu == bad));
+            assert_eq!(r.1, r.2);
+        }
+    }
+
+    #[test]
+    fn pinned_tick_thread_runs_on_its_cpu() {
+        let cpu = *sys::allowed_cpus().unwrap().last().unwrap();
+        let (h, on, allowed) = thread::spawn(move || {
+            let mut t = Ticker::builder().cpu(Some(cpu)).build().unwrap();
+            for _ in 0..20 {
+                t.tick().unwrap();
+            }
+            (
+                t.health(),
+                sys::current_cpu().unwrap(),
+                sys::allowed_cpus().unwrap(),
+            )
+        })
+        .join()
+        .unwrap();
+        assert_eq!(h.cpu, Some(cpu));
+        assert_eq!(on, cpu);
+        assert_eq!(allowed, vec![cpu]);
+    }
+
+    #[test]
+    fn cpu_lists_parse_and_print_as_the_kernel_writes_them() {
+        assert_eq!(parse_cpu_list("0-3,6,8-9"), Some(vec![0, 1, 2, 3, 6, 8, 9]));
+        assert_eq!(parse_cpu_list("0"), Some(vec![0]));
+        assert_eq!(parse_cpu_list("3-1"), None);
+        assert_eq!(parse_cpu_list("x"), None);
+        assert_eq!(cpu_list(&[0, 1, 2, 3, 6, 8, 9]), "0-3,6,8-9");
+        assert_eq!(cpu_list(&[1]), "1");
+        assert_eq!(cpu_list(&[]), "none known");
     }
 
     #[test]

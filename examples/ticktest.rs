@@ -54,7 +54,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use kevent_core::Backend;
 use kevent_timer::storage::Wakeup;
-use kevent_timer::{TickStats, Ticker, TickerError, WaitMethod};
+use kevent_timer::{AdaptiveSpin, Health, Spin, TickStats, Ticker, TickerError, WaitMethod};
 use serde_json::{json, Value};
 
 /// Set by SIGINT: end the run after the current wake, print what is done.
@@ -91,15 +91,26 @@ struct Args {
     /// Tick rate in Hz.
     #[arg(long, default_value_t = 1000)]
     rate: u32,
-    /// How kevent's ticker waits.
-    #[arg(long, value_enum, default_value_t = Method::Nanosleep)]
-    method: Method,
-    /// Wake this many µs early and spin to each deadline (nanosleep only).
-    #[arg(long, default_value_t = 0)]
-    spin_us: u64,
+    /// How kevent's ticker waits (default: the Ticker's, nanosleep).
+    #[arg(long, value_enum)]
+    method: Option<Method>,
+    /// How kevent's ticker spins before each deadline: `off`,
+    /// `adaptive[:QUANTILE[:MAX_PERCENT]]` (e.g. `adaptive:0.9:20`), or a
+    /// fixed number of µs (default: the Ticker's, adaptive p99 ≤ 20 % with
+    /// nanosleep).
+    #[arg(long, value_parser = parse_spin, conflicts_with = "spin_us")]
+    spin: Option<Spin>,
+    /// Same as `--spin N` (0: off).
+    #[arg(long)]
+    spin_us: Option<u64>,
     /// Run the tick thread under SCHED_FIFO (the kevent sources only).
     #[arg(long)]
     rt: bool,
+    /// Pin the tick thread to this CPU (the kevent sources only): what to
+    /// do when the other cores are busy (with --rt, and the busy work
+    /// pinned elsewhere).
+    #[arg(long)]
+    cpu: Option<usize>,
     /// What the single run measures: the Ticker, or an EVFILT_TIMER knote
     /// read through a kevent queue.
     #[arg(long, value_enum, default_value_t = Via::Ticker)]
@@ -176,6 +187,34 @@ enum Method {
     Timerfd,
 }
 
+/// `off`, `adaptive[:QUANTILE[:MAX_PERCENT]]`, or a whole number of µs
+/// (0 is off). Ranges are checked by the Ticker's builder.
+fn parse_spin(s: &str) -> Result<Spin, String> {
+    let bad =
+        || format!("`{s}`: expected off, adaptive[:QUANTILE[:MAX_PERCENT]], or a number of µs");
+    let mut parts = s.split(':');
+    match parts.next() {
+        Some("off") if parts.next().is_none() => Ok(Spin::Off),
+        Some("adaptive") => {
+            let mut a = AdaptiveSpin::new();
+            if let Some(q) = parts.next() {
+                a = a.quantile(q.parse().map_err(|_| bad())?);
+            }
+            if let Some(p) = parts.next() {
+                a = a.max_percent(p.parse().map_err(|_| bad())?);
+            }
+            if parts.next().is_some() {
+                return Err(bad());
+            }
+            Ok(Spin::Adaptive(a))
+        }
+        _ => s
+            .parse::<u64>()
+            .map(|us| Spin::from(Duration::from_micros(us)))
+            .map_err(|_| bad()),
+    }
+}
+
 /// One wake of a source.
 struct Wake {
     /// Ticks this wake delivers.
@@ -187,6 +226,21 @@ struct Wake {
 
 trait Source {
     fn next(&mut self) -> io::Result<Wake>;
+    /// The source's own health report, if it keeps one (the Ticker).
+    fn health(&self) -> Option<Health> {
+        None
+    }
+}
+
+/// The calling thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), in ns.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer; the thread CPU clock always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn mono_ns() -> u64 {
@@ -219,6 +273,9 @@ impl Source for KeventSource {
             now_ns: t.now_ns,
         })
     }
+    fn health(&self) -> Option<Health> {
+        Some(self.0.health())
+    }
 }
 
 /// An `EVFILT_TIMER` knote in a kevent queue (the timer storage), read with
@@ -233,8 +290,18 @@ struct KqueueSource {
 
 impl KqueueSource {
     /// The source on the calling thread; with `rt` that thread goes under
-    /// `SCHED_FIFO` 50, with the Ticker's typed error if refused.
-    fn new(period_ns: u64, rt: bool, backend: Backend, wakeup: Wakeup) -> io::Result<Self> {
+    /// `SCHED_FIFO` 50, with `cpu` it is pinned there, with the Ticker's
+    /// typed errors if refused.
+    fn new(
+        period_ns: u64,
+        rt: bool,
+        cpu: Option<usize>,
+        backend: Backend,
+        wakeup: Wakeup,
+    ) -> io::Result<Self> {
+        if let Some(cpu) = cpu {
+            kevent_timer::pin_current_thread(cpu).map_err(io::Error::other)?;
+        }
         if rt {
             kevent_timer::set_realtime(50).map_err(io::Error::other)?;
         }
@@ -407,6 +474,13 @@ struct Report {
     stats_period: Duration,
     health: Option<String>,
     health_json: Value,
+    /// The tick thread's CPU time and the wall time over the passes done.
+    cpu_ns: u64,
+    wall_ns: u64,
+    /// Time the source spent spinning over the passes done (the Ticker).
+    spin_ns: u64,
+    /// The source's health after its last pass (the Ticker).
+    last_health: Option<Health>,
 }
 
 /// dahdi_test's `calculate_accuracy`.
@@ -425,12 +499,31 @@ impl Report {
             stats_period: period,
             health: None,
             health_json: Value::Null,
+            cpu_ns: 0,
+            wall_ns: 0,
+            spin_ns: 0,
+            last_health: None,
         }
+    }
+
+    /// The tick thread's CPU time as a share of the wall time (% of a core).
+    fn cpu_percent(&self) -> Option<f64> {
+        (self.wall_ns > 0).then(|| self.cpu_ns as f64 * 100.0 / self.wall_ns as f64)
+    }
+
+    /// Time spent spinning as a share of the wall time (% of a core).
+    fn spin_percent(&self) -> Option<f64> {
+        (self.wall_ns > 0 && self.last_health.is_some())
+            .then(|| self.spin_ns as f64 * 100.0 / self.wall_ns as f64)
     }
 
     /// Runs passes on `src`, continuing its schedule, calling `each` with
     /// every pass's figure as it ends; stops early (dropping the pass in
     /// progress) once [`STOP`] is set.
+    ///
+    /// Every source gets the same start: one warm-up wake, not counted,
+    /// whose time starts the first pass (so set-up — a fresh Ticker's
+    /// first tick, the statistics' allocation — is outside every pass).
     fn run(
         &mut self,
         src: &mut dyn Source,
@@ -442,10 +535,13 @@ impl Report {
         // Statistics of this run only: a gap between two runs (other
         // sources' passes) is not a gap of this source.
         let mut stats = TickStats::new(self.stats_period);
-        let mut pass_start = mono_ns();
+        let mut pass = TickStats::new(self.stats_period);
+        let spin0 = src.health().map(|h| h.spin_time);
+        let mut pass_start = src.next()?.now_ns;
+        let mut cpu_start = thread_cpu_ns();
         'passes: for _ in 0..passes {
             let mut count = 0.0;
-            let mut pass = TickStats::new(self.stats_period);
+            pass.clear();
             let now = loop {
                 let w = src.next()?;
                 if STOP.load(Ordering::Relaxed) {
@@ -457,16 +553,25 @@ impl Report {
                     break w.now_ns;
                 }
             };
+            let cpu_now = thread_cpu_ns();
             let ms = (now - pass_start) as f64 / NS_PER_SAMPLE;
             let figure = accuracy(count, ms);
             self.passes.push(figure);
             self.total_count += count;
             self.total_time += ms;
+            self.cpu_ns += cpu_now.saturating_sub(cpu_start);
+            self.wall_ns += now - pass_start;
             stats.merge(&pass);
             pass_start = now;
+            cpu_start = cpu_now;
             each(figure);
         }
         self.stats.merge(&stats);
+        if let Some(h) = src.health() {
+            // Spin over the whole run (warm-up included: one wake in ~1000).
+            self.spin_ns += (h.spin_time - spin0.unwrap_or_default()).as_nanos() as u64;
+            self.last_health = Some(h);
+        }
         Ok(())
     }
 
@@ -500,6 +605,8 @@ impl Report {
             "missed": self.stats.missed(),
             "longest_gap_us": self.stats.longest_gap().as_secs_f64() * 1e6,
             "lateness_us": { "p50": l.p50, "p99": l.p99, "p999": l.p999, "max": l.max },
+            "cpu_percent": self.cpu_percent(),
+            "spin_percent": self.spin_percent(),
             "clock": self.health_json,
         })
     }
@@ -516,22 +623,66 @@ impl Report {
             println!("(no pass completed)");
         }
         println!("{}", self.stats);
+        if let Some(c) = self.cpu_percent() {
+            print!("tick thread CPU {c:.2} % of a core");
+            if let Some(sp) = self.spin_percent() {
+                print!(" (spinning {sp:.2} %)");
+            }
+            println!();
+        }
         if let Some(h) = &self.health {
             println!("{h}");
         }
     }
 }
 
+/// The Ticker with its defaults, and only the options given on the
+/// command line.
 fn build_ticker(args: &Args) -> Result<Ticker, TickerError> {
-    Ticker::builder()
+    let mut b = Ticker::builder()
         .rate_hz(args.rate)
-        .method(match args.method {
+        .realtime(args.rt.then_some(50))
+        .cpu(args.cpu);
+    if let Some(m) = args.method {
+        b = b.method(match m {
             Method::Nanosleep => WaitMethod::Nanosleep,
             Method::Timerfd => WaitMethod::Timerfd,
-        })
-        .realtime(args.rt.then_some(50))
-        .spin(Duration::from_micros(args.spin_us))
-        .build()
+        });
+    }
+    if let Some(spin) = spin_arg(args) {
+        b = b.spin(spin);
+    }
+    b.build()
+}
+
+fn spin_arg(args: &Args) -> Option<Spin> {
+    args.spin
+        .or(args.spin_us.map(|us| Spin::from(Duration::from_micros(us))))
+}
+
+/// What the "kevent" column is: the Ticker's defaults, or the options
+/// given, as built.
+fn kevent_config(args: &Args, h: &Health) -> String {
+    let mut given = Vec::new();
+    if args.method.is_some() {
+        given.push("--method");
+    }
+    if spin_arg(args).is_some() {
+        given.push("--spin");
+    }
+    format!(
+        "{} ({:?}, spin {}){}{}",
+        if given.is_empty() {
+            "Ticker::builder() defaults".to_string()
+        } else {
+            format!("Ticker with {}", given.join(" "))
+        },
+        h.method,
+        h.spin,
+        if args.rt { ", SCHED_FIFO 50" } else { "" },
+        args.cpu
+            .map_or(String::new(), |c| format!(", pinned to CPU {c}")),
+    )
 }
 
 type Factory = Box<dyn Fn() -> io::Result<Box<dyn Source>> + Send>;
@@ -666,19 +817,47 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         ..args.clone()
     })?;
     let period = probe.period();
+    let config = kevent_config(args, &probe.health());
     drop(probe);
     let period_ns = period.as_nanos() as u64;
     let rate = args.rate;
-    if args.rt {
-        // Refused real-time priority is the same typed error for every
-        // source: ask once, on a throw-away thread, before anything runs.
-        thread::spawn(|| kevent_timer::set_realtime(50))
-            .join()
-            .map_err(|_| "probe thread panicked")??;
+    let cpu = args.cpu;
+    if args.rt || cpu.is_some() {
+        // Refused real-time priority or pinning is the same typed error for
+        // every source: ask once, on a throw-away thread, before anything
+        // runs.
+        let rt = args.rt;
+        thread::spawn(move || {
+            if let Some(c) = cpu {
+                kevent_timer::pin_current_thread(c)?;
+            }
+            if rt {
+                kevent_timer::set_realtime(50)?;
+            }
+            Ok::<(), TickerError>(())
+        })
+        .join()
+        .map_err(|_| "probe thread panicked")??;
     }
     let mut printer = pass_printer(args.json);
     if !args.json && !args.compare && !args.compare_wakeups {
         println!("Opened kevent 1 kHz tick source, measuring accuracy...");
+    }
+    if args.compare && !args.json {
+        println!("kevent:     {config}");
+        println!(
+            "kqueue:     EVFILT_TIMER read with kevent() ({:?} backend, {:?} wake-up){}{}",
+            Backend::from(args.backend),
+            Wakeup::from(args.wakeup),
+            if args.rt { ", SCHED_FIFO 50" } else { "" },
+            cpu.map_or(String::new(), |c| format!(", pinned to CPU {c}"))
+        );
+        println!(
+            "timerfd:    plain periodic timerfd read loop (SCHED_OTHER, unpinned, default slack)"
+        );
+        println!(
+            "epoll_wait: plain 1 ms epoll_wait timeout loop (SCHED_OTHER, unpinned, default slack)"
+        );
     }
 
     let reports: Vec<Report> = if args.compare_wakeups {
@@ -692,24 +871,28 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         ] {
             let rt = args.rt;
             let make: Factory = Box::new(move || {
-                let mut src = KqueueSource::new(period_ns, rt, b, w)?;
-                src.next()?;
+                let src = KqueueSource::new(period_ns, rt, cpu, b, w)?;
                 Ok(Box::new(src) as Box<dyn Source>)
             });
             runners.push(spawn_runner(kqueue_name(b, w), period, rate, make));
         }
         run_interleaved(runners, args.seconds, args.json)?
     } else if !args.compare && args.via == Via::Kqueue {
-        let mut src =
-            KqueueSource::new(period_ns, args.rt, args.backend.into(), args.wakeup.into())?;
-        src.next()?;
+        let mut src = KqueueSource::new(
+            period_ns,
+            args.rt,
+            cpu,
+            args.backend.into(),
+            args.wakeup.into(),
+        )?;
         let mut report = Report::new("kqueue", period);
         report.run(&mut src, args.seconds, rate, &mut printer)?;
         report.health = Some(format!(
-            "source: EVFILT_TIMER in a kevent queue ({:?} backend, {:?} wake-up){}",
+            "source: EVFILT_TIMER in a kevent queue ({:?} backend, {:?} wake-up){}{}",
             src.kq.backend(),
             Wakeup::from(args.wakeup),
-            if args.rt { ", SCHED_FIFO 50" } else { "" }
+            if args.rt { ", SCHED_FIFO 50" } else { "" },
+            cpu.map_or(String::new(), |c| format!(", pinned to CPU {c}"))
         ));
         vec![report]
     } else if !args.compare {
@@ -722,15 +905,15 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         let mut src = KeventSource(ticker);
         report.run(&mut src, args.seconds, rate, &mut printer)?;
         let h = src.0.health();
-        // Clock and thread lines; the statistics are printed from `report`.
-        report.health = Some(h.to_string().lines().take(2).collect::<Vec<_>>().join("\n"));
+        // Clock, thread and spin lines; the statistics are printed from
+        // `report`.
+        report.health = Some(h.to_string().lines().take(3).collect::<Vec<_>>().join("\n"));
         report.health_json = health_json(&h);
         vec![report]
     } else {
         let a = args.clone();
         let kevent: Factory = Box::new(move || {
-            let mut t = build_ticker(&a).map_err(io::Error::other)?;
-            t.tick().map_err(io::Error::other)?;
+            let t = build_ticker(&a).map_err(io::Error::other)?;
             Ok(Box::new(KeventSource(t)) as Box<dyn Source>)
         });
         let timerfd: Factory =
@@ -739,8 +922,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             Box::new(move || Ok(Box::new(EpollLoop::new(period_ns)?) as Box<dyn Source>));
         let (rt, backend, wakeup) = (args.rt, args.backend.into(), args.wakeup.into());
         let kqueue: Factory = Box::new(move || {
-            let mut src = KqueueSource::new(period_ns, rt, backend, wakeup)?;
-            src.next()?;
+            let src = KqueueSource::new(period_ns, rt, cpu, backend, wakeup)?;
             Ok(Box::new(src) as Box<dyn Source>)
         });
         let runners = vec![
@@ -750,23 +932,12 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             spawn_runner("epoll_wait", period, rate, epoll),
         ];
         let mut reports = run_interleaved(runners, args.seconds, args.json)?;
-        // Health of kevent's ticker as configured (clock facts).
-        let mut t = build_ticker(&Args {
-            rt: false,
-            ..args.clone()
-        })?;
-        for _ in 0..200 {
-            t.tick()?;
+        // Health of kevent's ticker of the last pass: clock facts, and the
+        // thread and spin as configured.
+        if let Some(h) = reports[0].last_health.clone() {
+            reports[0].health = Some(h.to_string().lines().take(3).collect::<Vec<_>>().join("\n"));
+            reports[0].health_json = health_json(&h);
         }
-        let h = t.health();
-        reports[0].health = Some(format!(
-            "clock: resolution {:?}, measured tick {}{}",
-            h.resolution,
-            h.measured_period
-                .map_or("-".to_string(), |m| format!("{m:?}")),
-            if h.clamped { " CLAMPED" } else { "" }
-        ));
-        reports[0].health_json = health_json(&h);
         reports
     };
     if !args.compare && !args.compare_wakeups {
@@ -787,6 +958,9 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     if args.json {
         let mut main = reports[0].json();
+        if args.compare {
+            main["config"] = Value::String(config);
+        }
         if args.compare || args.compare_wakeups {
             let peers: serde_json::Map<String, Value> = reports[1..]
                 .iter()
@@ -817,6 +991,11 @@ fn health_json(h: &kevent_timer::Health) -> Value {
         "method": format!("{:?}", h.method),
         "timer_slack_ns": h.timer_slack.map(|d| d.as_nanos() as u64),
         "sched_fifo": h.realtime,
+        "cpu": h.cpu,
+        "spin": h.spin.to_string(),
+        "spin_now_us": h.spin_now.as_secs_f64() * 1e6,
+        "spin_percent": h.spin_percent,
+        "cpu_percent": h.cpu_percent,
     })
 }
 
@@ -858,6 +1037,8 @@ fn print_compare(reports: &[Report]) {
     row("longest gap µs", &|r| {
         format!("{:.1}", r.stats.longest_gap().as_secs_f64() * 1e6)
     });
+    row("thread CPU %", &|r| pct(r.cpu_percent(), 2));
+    row("spinning %", &|r| pct(r.spin_percent(), 2));
     if let Some(h) = &reports[0].health {
         println!("{h}");
     }

@@ -232,6 +232,32 @@ trait Source {
     }
 }
 
+/// The calling thread's run-queue wait so far (ns): the second field of
+/// `/proc/thread-self/schedstat` (`CONFIG_SCHED_INFO`), the time it was
+/// runnable in the guest but not running. `None` if unavailable.
+struct RunDelay(Option<std::fs::File>);
+
+impl RunDelay {
+    /// Opens the calling thread's schedstat (read it on that thread only).
+    fn open() -> Self {
+        RunDelay(std::fs::File::open("/proc/thread-self/schedstat").ok())
+    }
+
+    fn read_ns(&mut self) -> Option<u64> {
+        use std::io::{Read, Seek};
+        let f = self.0.as_mut()?;
+        let mut buf = [0u8; 96];
+        f.rewind().ok()?;
+        let n = f.read(&mut buf).ok()?;
+        std::str::from_utf8(&buf[..n])
+            .ok()?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+}
+
 /// The calling thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), in ns.
 fn thread_cpu_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -479,6 +505,8 @@ struct Report {
     wall_ns: u64,
     /// Time the source spent spinning over the passes done (the Ticker).
     spin_ns: u64,
+    /// The tick thread's run-queue wait over the passes done, if known.
+    run_delay_ns: Option<u64>,
     /// The source's health after its last pass (the Ticker).
     last_health: Option<Health>,
 }
@@ -502,6 +530,7 @@ impl Report {
             cpu_ns: 0,
             wall_ns: 0,
             spin_ns: 0,
+            run_delay_ns: None,
             last_health: None,
         }
     }
@@ -539,6 +568,8 @@ impl Report {
         let spin0 = src.health().map(|h| h.spin_time);
         let mut pass_start = src.next()?.now_ns;
         let mut cpu_start = thread_cpu_ns();
+        let mut sched = RunDelay::open();
+        let mut delay_start = sched.read_ns();
         'passes: for _ in 0..passes {
             let mut count = 0.0;
             pass.clear();
@@ -554,6 +585,11 @@ impl Report {
                 }
             };
             let cpu_now = thread_cpu_ns();
+            let delay_now = sched.read_ns();
+            if let (Some(a), Some(b)) = (delay_start, delay_now) {
+                *self.run_delay_ns.get_or_insert(0) += b.saturating_sub(a);
+            }
+            delay_start = delay_now;
             let ms = (now - pass_start) as f64 / NS_PER_SAMPLE;
             let figure = accuracy(count, ms);
             self.passes.push(figure);
@@ -607,6 +643,7 @@ impl Report {
             "lateness_us": { "p50": l.p50, "p99": l.p99, "p999": l.p999, "max": l.max },
             "cpu_percent": self.cpu_percent(),
             "spin_percent": self.spin_percent(),
+            "run_queue_wait_us": self.run_delay_ns.map(|n| n as f64 / 1000.0),
             "clock": self.health_json,
         })
     }
@@ -627,6 +664,9 @@ impl Report {
             print!("tick thread CPU {c:.2} % of a core");
             if let Some(sp) = self.spin_percent() {
                 print!(" (spinning {sp:.2} %)");
+            }
+            if let Some(d) = self.run_delay_ns {
+                print!("; run-queue wait {:.1} µs in all", d as f64 / 1000.0);
             }
             println!();
         }
@@ -1039,9 +1079,13 @@ fn print_compare(reports: &[Report]) {
     });
     row("thread CPU %", &|r| pct(r.cpu_percent(), 2));
     row("spinning %", &|r| pct(r.spin_percent(), 2));
+    row("run-queue wait µs", &|r| {
+        pct(r.run_delay_ns.map(|n| n as f64 / 1000.0), 1)
+    });
     if let Some(h) = &reports[0].health {
         println!("{h}");
     }
+    println!("(run-queue wait: time the tick thread was runnable in the guest but not running, summed over its passes; a gap far longer is outside the guest's scheduler: the host or the wake-up interrupt)");
     if reports.iter().any(|r| r.name == "epoll_wait") {
         println!("(epoll_wait: lateness is against its own previous wake + 1 ms; its drift shows in the accuracy)");
     }

@@ -15,7 +15,7 @@
 //! default) of the last [`WINDOW`] sleep latencies plus a margin, capped at
 //! a share of the period (20 % by default), so it grows as far as wake-ups
 //! are late, shrinks when they are punctual, and never burns more than the
-//! cap. Figures: [`Ticker`](crate::Ticker)'s module docs.
+//! cap. Figures: [`crate::ticker`'s docs](crate::ticker#spinning).
 //!
 //! The spin is never a reason to deliver early: the ticker delivers a tick
 //! only once the clock has reached its deadline, spin or not.
@@ -155,7 +155,7 @@ impl AdaptiveSpin {
 /// Each sample is one sleep's latency: when the sleep returned minus when
 /// it was asked to end (`deadline − S`). That does not depend on `S`, so
 /// the estimate does not chase its own tail. The last [`WINDOW`] samples
-/// sit in a histogram of [`BUCKETS`] equal buckets up to the cap plus one
+/// sit in a histogram of 128 equal buckets up to the cap plus one
 /// beyond it; [`spin_ns`](Self::spin_ns) is the upper edge of the bucket
 /// holding the quantile, plus the margin, capped. Until [`MIN_SAMPLES`]
 /// samples are in, it is the cap. O(1) memory, no allocation, a walk of at

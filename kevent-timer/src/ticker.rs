@@ -21,12 +21,75 @@
 //! Measured on the project's 2-core VM (kernel 6.18, HZ=250, tsc, hres on):
 //! see [`WaitMethod::default`] for the figures and why it is the default.
 //!
+//! # Spinning
+//!
+//! However punctual the hrtimer, the thread runs only once its CPU has
+//! left idle and scheduled it. On the project's machine (a Firecracker
+//! microVM with `haltpoll.guest_halt_poll_ns=0`: an idle vCPU halts at
+//! once) that costs ~30 µs per wake-up, and 90–110 µs at the p99 — on its
+//! own that misses the p99 ≤ 50 µs goal, whichever way the thread sleeps.
+//! So by default ([`Spin::ADAPTIVE`], with
+//! [`WaitMethod::Nanosleep`]) the ticker sleeps until `deadline − S` and
+//! busy-waits on the clock for the rest, with `S` learnt from the sleeps'
+//! measured latency: the p99 of the last 1024 plus 10 µs, capped at 20 %
+//! of the period ([`crate::spin`]). The latency is then paid before the
+//! deadline, and the tick lands within a clock read after it. A tick is
+//! still never delivered before its deadline.
+//!
+//! `ticktest --seconds 10 --compare`, medians of 3 interleaved runs, each
+//! run under the machine's benchmark lock; "idle" runs started at load
+//! < 0.8; "busy": `taskset -c 0 sh -c 'while :; do :; done'` (pinned) or
+//! the same loop unpinned. The kevent column is the Ticker's defaults
+//! plus the options named; the peer is the plain periodic timerfd loop in
+//! the same run (SCHED_OTHER, unpinned). Missed ticks per 10 000 (the
+//! three runs in brackets); CPU is the tick thread's
+//! `CLOCK_THREAD_CPUTIME_ID` over the wall time, in % of one core:
+//!
+//! | case | source | average % | missed | p50 µs | p99 µs | CPU % (spin) |
+//! |---|---|---|---|---|---|---|
+//! | idle | kevent | 99.9999 | 37 (11/37/53) | 0.1 | 6.1 | 9.9 (7.5) |
+//! | idle | timerfd loop | 99.9985 | 23 (17/23/32) | 31.9 | 93.8 | 2.3 |
+//! | idle, `--rt` | kevent | 100.0000 | 1 (1/0/5) | 0.1 | 21.6 | 8.8 (6.3) |
+//! | idle, `--rt` | timerfd loop | 99.9990 | 23 (97/15/23) | 31.3 | 102.7 | 2.1 |
+//! | CPU 0 busy, `--rt --cpu 1` | kevent | 100.0000 | 0 (0/0/2) | 0.1 | 7.3 | 8.5 (6.2) |
+//! | CPU 0 busy, `--rt --cpu 1` | timerfd loop | 99.9991 | 24 (24/24/110) | 28.5 | 124.8 | 2.0 |
+//! | busy unpinned, `--rt` | kevent | 100.0000 | 0 (0/5/0) | 0.1 | 9.5 | 6.9 (4.8) |
+//! | busy unpinned, `--rt` | timerfd loop | 99.9983 | 61 (35/178/61) | 28.7 | 178.4 | 2.3 |
+//!
+//! What it costs: 7–10 % of one core for the tick thread at 1 kHz on this
+//! machine, against ~2 % for the timerfd loop; `S` settles at 85–105 µs
+//! here, so ~5–7.5 % of that is spinning. On a machine whose wake-ups are
+//! punctual `S` shrinks to the p99 + 10 µs (a few % at most); it never
+//! exceeds the cap. [`Health::spin_percent`] and [`Health::cpu_percent`]
+//! say what it costs where it runs. Why p99: single idle runs with
+//! `--spin adaptive:Q` gave p99 lateness 14 µs at 10.8 % CPU for p99, 59 µs
+//! at 5.8 % for p95, 70 µs at 5.0 % for p90, and 82 µs at 2.0 % with no
+//! spin — only the p99 meets the 50 µs goal. Why capped, and not simply
+//! always spinning: a vCPU that never halts is one the host deschedules
+//! (`--spin 990` gave one 40 ms gap and 367 missed ticks in 10 000). Set
+//! [`Spin::Off`] where the CPU matters more than the
+//! lateness.
+//!
+//! What spinning does not fix: missed ticks. A tick is missed when the
+//! thread is not running for a whole period, and without `--rt` that is
+//! the guest's scheduler sharing the CPU with whatever else runs (misses
+//! follow the thread's run-queue wait — the time it was runnable and not
+//! running — in every source alike: 35–110 ms of it per 10 s without
+//! `SCHED_FIFO`, 0.2–0.5 ms with it). With `SCHED_FIFO` the remaining
+//! misses (0–5 per 10 000) come in 1.7–6.8 ms gaps during which the
+//! thread's run-queue wait was well under a millisecond: the vCPU itself
+//! was not running (host preemption), which no guest setting removes.
+//!
 //! # The thread
 //!
-//! Timer slack and `SCHED_FIFO` are per thread. The ticker applies both to
-//! the thread that calls [`Ticker::tick`], on its first call from that
-//! thread (again if it moves), and reports a clear error if real-time
-//! priority was asked for and is not permitted.
+//! Timer slack, CPU affinity and `SCHED_FIFO` are per thread. The ticker
+//! applies them to the thread that calls [`Ticker::tick`], on its first
+//! call from that thread (again if it moves), and reports a clear error if
+//! real-time priority or the CPU asked for is not permitted. When the other
+//! cores are busy: [`TickerBuilder::realtime`] so nothing in the guest runs
+//! before the tick, and [`TickerBuilder::cpu`] with the busy work kept off
+//! that CPU (`taskset`, cpusets), so the tick thread neither waits behind
+//! it nor migrates.
 //!
 //! # Examples
 //!
@@ -68,9 +131,12 @@ pub enum WaitMethod {
 }
 
 impl Default for WaitMethod {
-    /// `Nanosleep`. Both methods sleep on the same kind of hrtimer, and with
-    /// the thread's slack at 1 ns neither has an advantage in the kernel;
-    /// what is left is the VM's wake-up path. Measured with
+    /// `Nanosleep`: it can wake early, which the default adaptive spin
+    /// needs (a periodic timerfd fires on its own grid; the
+    /// [module docs](self#spinning) have the figures with it). Both methods
+    /// sleep on the same kind of hrtimer, and with the thread's slack at
+    /// 1 ns neither has an advantage in the kernel; what is left is the
+    /// VM's wake-up path. Measured with
     /// `ticktest --method`, three interleaved 3 s runs each on the shared
     /// 2-core VM (others' builds running, load 3–8): `clock_nanosleep` p50
     /// 31–37 µs and 106–270 missed ticks per 3000; timerfd p50 37–42 µs and

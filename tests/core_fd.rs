@@ -448,6 +448,158 @@ backend_test!(close_and_reuse_socket_then_add, |b: Backend| {
     drop((reused, a2));
 });
 
+// A number reused after a close without EV_DELETE: the ADD's identity
+// probe (an EPOLL_CTL_ADD) finds the entry stale and its registration
+// becomes the new entry's watch. These cover what it must get right: the
+// direction asked for (not the old entry's), the other knote gone, a new
+// file of another kind, a second knote on the adopted entry.
+
+backend_test!(reuse_of_a_write_only_number_then_add_read, |b: Backend| {
+    let kq = kq(b);
+    let (a, p) = socketpair();
+    let n = a.as_raw_fd();
+    change(&kq, &[ev(n as u64, W, Flags::ADD | Flags::CLEAR, 0, 0, 1)]);
+    expect_event(&kq, n as u64, W);
+    let (a2, p2) = socketpair();
+    std::mem::forget(a);
+    let reused = dup_onto(&a2, n);
+    drop((a2, p));
+    change(&kq, &[ev(n as u64, R, Flags::ADD | Flags::CLEAR, 0, 0, 2)]);
+    // Writable, but no WRITE knote any more; nothing to read yet.
+    expect_none(&kq, n as u64, W);
+    expect_none(&kq, n as u64, R);
+    write_all(&p2, b"abc");
+    let e = expect_event(&kq, n as u64, R);
+    assert_eq!((e.data, e.udata), (3, 2), "{e:?}");
+    // Still edge-triggered on the new file: more data, a new event.
+    expect_none(&kq, n as u64, R);
+    write_all(&p2, b"d");
+    let e = expect_event(&kq, n as u64, R);
+    assert_eq!(e.data, 4, "{e:?}");
+    expect_none(&kq, n as u64, W);
+    drop(reused);
+});
+
+backend_test!(reuse_of_a_read_number_then_add_write, |b: Backend| {
+    let kq = kq(b);
+    let (a, p) = socketpair();
+    let n = a.as_raw_fd();
+    change(&kq, &[ev(n as u64, R, Flags::ADD, 0, 0, 1)]);
+    write_all(&p, b"old");
+    expect_data(&kq, n as u64, R, 3);
+    let (a2, p2) = socketpair();
+    std::mem::forget(a);
+    let reused = dup_onto(&a2, n);
+    drop((a2, p));
+    change(&kq, &[ev(n as u64, W, Flags::ADD, 0, 0, 2)]);
+    let e = expect_event(&kq, n as u64, W);
+    assert!(e.data > 0 && e.udata == 2, "{e:?}");
+    // The old READ knote went with the old file: data on the new one
+    // reports nothing for READ.
+    write_all(&p2, b"new data");
+    expect_none(&kq, n as u64, R);
+    drop(reused);
+});
+
+backend_test!(
+    reuse_then_add_read_and_write_on_the_new_entry,
+    |b: Backend| {
+        let kq = kq(b);
+        let (a, p) = socketpair();
+        let n = a.as_raw_fd();
+        change(&kq, &[ev(n as u64, R, Flags::ADD | Flags::CLEAR, 0, 0, 1)]);
+        let (a2, p2) = socketpair();
+        std::mem::forget(a);
+        let reused = dup_onto(&a2, n);
+        drop((a2, p));
+        change(&kq, &[ev(n as u64, R, Flags::ADD | Flags::CLEAR, 0, 0, 2)]);
+        expect_none(&kq, n as u64, R);
+        // A second direction on the adopted registration.
+        change(
+            &kq,
+            &[ev(n as u64, W, Flags::ADD | Flags::ONESHOT, 0, 0, 3)],
+        );
+        let e = expect_event(&kq, n as u64, W);
+        assert!(e.data > 0 && e.udata == 3, "{e:?}");
+        write_all(&p2, b"12345");
+        let e = expect_event(&kq, n as u64, R);
+        assert_eq!((e.data, e.udata), (5, 2), "{e:?}");
+        // The peer closes: EOF, on the new entry.
+        drop(p2);
+        let e = expect_where(&kq, "READ with EOF", |e| e.ident == n as u64 && e.is_eof());
+        assert_eq!(e.udata, 2, "{e:?}");
+        drop(reused);
+    }
+);
+
+backend_test!(reuse_by_a_regular_file_then_add_read, |b: Backend| {
+    let kq = kq(b);
+    let (a, p) = socketpair();
+    let n = a.as_raw_fd();
+    change(&kq, &[ev(n as u64, R, Flags::ADD, 0, 0, 1)]);
+    let tmp = TempPath::new("reuse-file");
+    std::fs::write(tmp.path(), b"0123456").unwrap();
+    let f = std::fs::File::open(tmp.path()).unwrap();
+    std::mem::forget(a);
+    let reused = dup_onto(&f, n);
+    drop((f, p));
+    // epoll refuses a regular file: the probe keeps nothing, the file is
+    // watched its own way and reports its bytes to EOF.
+    change(&kq, &[ev(n as u64, R, Flags::ADD, 0, 0, 2)]);
+    let e = expect_event(&kq, n as u64, R);
+    assert_eq!((e.data, e.udata), (7, 2), "{e:?}");
+    drop(reused);
+});
+
+backend_test!(reuse_by_a_listener_reports_its_backlog, |b: Backend| {
+    let kq = kq(b);
+    let (a, p) = socketpair();
+    let n = a.as_raw_fd();
+    change(&kq, &[ev(n as u64, R, Flags::ADD | Flags::CLEAR, 0, 0, 1)]);
+    let l = tcp_listener();
+    std::mem::forget(a);
+    let reused = dup_onto(&l, n);
+    drop(p);
+    change(&kq, &[ev(n as u64, R, Flags::ADD, 0, 0, 2)]);
+    expect_none(&kq, n as u64, R);
+    let _c1 = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let _c2 = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let e = expect_event(&kq, n as u64, R);
+        assert_eq!(e.udata, 2, "{e:?}");
+        if e.data == 2 {
+            break;
+        }
+        assert!(e.data == 1 && Instant::now() < deadline, "{e:?}");
+    }
+    drop((reused, l));
+});
+
+backend_test!(
+    change_without_add_on_a_reused_number_is_enoent,
+    |b: Backend| {
+        let kq = kq(b);
+        let (a, p) = socketpair();
+        let n = a.as_raw_fd();
+        change(&kq, &[ev(n as u64, R, Flags::ADD | Flags::CLEAR, 0, 0, 1)]);
+        let (a2, p2) = socketpair();
+        std::mem::forget(a);
+        let reused = dup_onto(&a2, n);
+        drop((a2, p));
+        assert_errno(
+            try_change(&kq, &[ev(n as u64, R, Flags::ENABLE, 0, 0, 1)]),
+            libc::ENOENT,
+        );
+        // The probe registered nothing that stays: data reports no event.
+        write_all(&p2, b"x");
+        expect_none(&kq, n as u64, R);
+        change(&kq, &[ev(n as u64, R, Flags::ADD, 0, 0, 3)]);
+        expect_data(&kq, n as u64, R, 1);
+        drop(reused);
+    }
+);
+
 backend_test!(data_pipe_and_socket_bytes, |b: Backend| {
     let kq = kq(b);
     let (rx, tx) = pipe();

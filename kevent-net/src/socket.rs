@@ -637,8 +637,9 @@ impl TcpStream {
     /// does on FreeBSD, where closing a descriptor drops its knotes. Linux
     /// drops a closed fd from epoll by itself, and the core's fd storage
     /// discards the stale knotes when the number is next registered, or
-    /// before reporting them (see its "Close and reuse" rule). Saves the
-    /// `EV_DELETE` (an `fstat` and an `epoll_ctl`) per connection.
+    /// before reporting them (see its "Close and reuse" rule): the number's
+    /// next `EV_ADD` registers the new socket with the one `epoll_ctl` it
+    /// costs anyway. Saves the `EV_DELETE` (an `epoll_ctl`) per connection.
     ///
     /// Only for a socket no other descriptor refers to (no `dup`, no
     /// forked child holding it): the kernel keeps a registration while any

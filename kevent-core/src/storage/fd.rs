@@ -55,8 +55,9 @@
 //! costs one `epoll_ctl`, as a fresh number does. No `fstat` on these
 //! paths (an `epoll_ctl` costs ~210 ns of CPU here, an `fstat` ~370 ns): a
 //! new entry is registered at once, and its kind is learnt at its first
-//! event — one `getsockopt(SO_ACCEPTCONN)` for a connected socket, an
-//! `fstat` for anything else (or at once when epoll refuses the fd: a
+//! event — one `getsockopt(SO_ACCEPTCONN)` for a connected socket (none
+//! with `note::SOCKET`, the caller's word for it), an `fstat` for
+//! anything else (or at once when epoll refuses the fd: a
 //! regular file or directory, which has no registration and keeps its
 //! `(st_dev, st_ino)` for the same checks).
 //!
@@ -892,11 +893,16 @@ impl FdStorage {
             return false;
         };
         if e.kind == Kind::Unknown {
-            let Some((kind, dev, ino)) = classify_registered(fd) else {
-                return false;
-            };
-            e.kind = kind;
-            (e.dev, e.ino) = (dev, ino);
+            if sfflags & note::SOCKET != 0 {
+                // The caller's word (`note::SOCKET`): no syscall.
+                e.kind = Kind::Socket;
+            } else {
+                let Some((kind, dev, ino)) = classify_registered(fd) else {
+                    return false;
+                };
+                e.kind = kind;
+                (e.dev, e.ino) = (dev, ino);
+            }
         }
         let kind = e.kind;
         let (active, data, eof) = if is_read {

@@ -7,7 +7,7 @@ mod util;
 use kevent::{note, Backend, Filter, Flags, Kevent};
 use std::io::{Read, Seek, SeekFrom};
 use std::net::Shutdown;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::time::{Duration, Instant};
 use util::*;
 
@@ -448,6 +448,206 @@ backend_test!(close_and_reuse_socket_then_add, |b: Backend| {
     drop((reused, a2));
 });
 
+// A number reused after a close without EV_DELETE: the ADD's identity
+// probe (an EPOLL_CTL_ADD) finds the entry stale and its registration
+// becomes the new entry's watch. These cover what it must get right: the
+// direction asked for (not the old entry's), the other knote gone, a new
+// file of another kind, a second knote on the adopted entry.
+
+backend_test!(reuse_of_a_write_only_number_then_add_read, |b: Backend| {
+    let kq = kq(b);
+    let (a, p) = socketpair();
+    let n = a.as_raw_fd();
+    change(&kq, &[ev(n as u64, W, Flags::ADD | Flags::CLEAR, 0, 0, 1)]);
+    expect_event(&kq, n as u64, W);
+    let (a2, p2) = socketpair();
+    std::mem::forget(a);
+    let reused = dup_onto(&a2, n);
+    drop((a2, p));
+    change(&kq, &[ev(n as u64, R, Flags::ADD | Flags::CLEAR, 0, 0, 2)]);
+    // Writable, but no WRITE knote any more; nothing to read yet.
+    expect_none(&kq, n as u64, W);
+    expect_none(&kq, n as u64, R);
+    write_all(&p2, b"abc");
+    let e = expect_event(&kq, n as u64, R);
+    assert_eq!((e.data, e.udata), (3, 2), "{e:?}");
+    // Still edge-triggered on the new file: more data, a new event.
+    expect_none(&kq, n as u64, R);
+    write_all(&p2, b"d");
+    let e = expect_event(&kq, n as u64, R);
+    assert_eq!(e.data, 4, "{e:?}");
+    expect_none(&kq, n as u64, W);
+    drop(reused);
+});
+
+backend_test!(reuse_of_a_read_number_then_add_write, |b: Backend| {
+    let kq = kq(b);
+    let (a, p) = socketpair();
+    let n = a.as_raw_fd();
+    change(&kq, &[ev(n as u64, R, Flags::ADD, 0, 0, 1)]);
+    write_all(&p, b"old");
+    expect_data(&kq, n as u64, R, 3);
+    let (a2, p2) = socketpair();
+    std::mem::forget(a);
+    let reused = dup_onto(&a2, n);
+    drop((a2, p));
+    change(&kq, &[ev(n as u64, W, Flags::ADD, 0, 0, 2)]);
+    let e = expect_event(&kq, n as u64, W);
+    assert!(e.data > 0 && e.udata == 2, "{e:?}");
+    // The old READ knote went with the old file: data on the new one
+    // reports nothing for READ.
+    write_all(&p2, b"new data");
+    expect_none(&kq, n as u64, R);
+    drop(reused);
+});
+
+backend_test!(
+    reuse_then_add_read_and_write_on_the_new_entry,
+    |b: Backend| {
+        let kq = kq(b);
+        let (a, p) = socketpair();
+        let n = a.as_raw_fd();
+        change(&kq, &[ev(n as u64, R, Flags::ADD | Flags::CLEAR, 0, 0, 1)]);
+        let (a2, p2) = socketpair();
+        std::mem::forget(a);
+        let reused = dup_onto(&a2, n);
+        drop((a2, p));
+        change(&kq, &[ev(n as u64, R, Flags::ADD | Flags::CLEAR, 0, 0, 2)]);
+        expect_none(&kq, n as u64, R);
+        // A second direction on the adopted registration.
+        change(
+            &kq,
+            &[ev(n as u64, W, Flags::ADD | Flags::ONESHOT, 0, 0, 3)],
+        );
+        let e = expect_event(&kq, n as u64, W);
+        assert!(e.data > 0 && e.udata == 3, "{e:?}");
+        write_all(&p2, b"12345");
+        let e = expect_event(&kq, n as u64, R);
+        assert_eq!((e.data, e.udata), (5, 2), "{e:?}");
+        // The peer closes: EOF, on the new entry.
+        drop(p2);
+        let e = expect_where(&kq, "READ with EOF", |e| e.ident == n as u64 && e.is_eof());
+        assert_eq!(e.udata, 2, "{e:?}");
+        drop(reused);
+    }
+);
+
+backend_test!(reuse_by_a_regular_file_then_add_read, |b: Backend| {
+    let kq = kq(b);
+    let (a, p) = socketpair();
+    let n = a.as_raw_fd();
+    change(&kq, &[ev(n as u64, R, Flags::ADD, 0, 0, 1)]);
+    let tmp = TempPath::new("reuse-file");
+    std::fs::write(tmp.path(), b"0123456").unwrap();
+    let f = std::fs::File::open(tmp.path()).unwrap();
+    std::mem::forget(a);
+    let reused = dup_onto(&f, n);
+    drop((f, p));
+    // epoll refuses a regular file: the probe keeps nothing, the file is
+    // watched its own way and reports its bytes to EOF.
+    change(&kq, &[ev(n as u64, R, Flags::ADD, 0, 0, 2)]);
+    let e = expect_event(&kq, n as u64, R);
+    assert_eq!((e.data, e.udata), (7, 2), "{e:?}");
+    drop(reused);
+});
+
+backend_test!(reuse_by_a_listener_reports_its_backlog, |b: Backend| {
+    let kq = kq(b);
+    let (a, p) = socketpair();
+    let n = a.as_raw_fd();
+    change(&kq, &[ev(n as u64, R, Flags::ADD | Flags::CLEAR, 0, 0, 1)]);
+    let l = tcp_listener();
+    std::mem::forget(a);
+    let reused = dup_onto(&l, n);
+    drop(p);
+    change(&kq, &[ev(n as u64, R, Flags::ADD, 0, 0, 2)]);
+    expect_none(&kq, n as u64, R);
+    let _c1 = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let _c2 = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let e = expect_event(&kq, n as u64, R);
+        assert_eq!(e.udata, 2, "{e:?}");
+        if e.data == 2 {
+            break;
+        }
+        assert!(e.data == 1 && Instant::now() < deadline, "{e:?}");
+    }
+    drop((reused, l));
+});
+
+backend_test!(
+    change_without_add_on_a_reused_number_is_enoent,
+    |b: Backend| {
+        let kq = kq(b);
+        let (a, p) = socketpair();
+        let n = a.as_raw_fd();
+        change(&kq, &[ev(n as u64, R, Flags::ADD | Flags::CLEAR, 0, 0, 1)]);
+        let (a2, p2) = socketpair();
+        std::mem::forget(a);
+        let reused = dup_onto(&a2, n);
+        drop((a2, p));
+        assert_errno(
+            try_change(&kq, &[ev(n as u64, R, Flags::ENABLE, 0, 0, 1)]),
+            libc::ENOENT,
+        );
+        // The probe registered nothing that stays: data reports no event.
+        write_all(&p2, b"x");
+        expect_none(&kq, n as u64, R);
+        change(&kq, &[ev(n as u64, R, Flags::ADD, 0, 0, 3)]);
+        expect_data(&kq, n as u64, R, 1);
+        drop(reused);
+    }
+);
+
+backend_test!(socket_hint_keeps_every_socket_datum, |b: Backend| {
+    // `note::SOCKET` skips the classification, not the semantics: READ
+    // bytes, WRITE space, EOF with the socket error.
+    let kq = kq(b);
+    let (c, s) = tcp_pair();
+    change(
+        &kq,
+        &[
+            ev(id(&s), R, Flags::ADD, note::SOCKET, 0, 1),
+            ev(id(&s), W, Flags::ADD | Flags::ONESHOT, note::SOCKET, 0, 2),
+        ],
+    );
+    let e = expect_event(&kq, id(&s), W);
+    assert!(e.data > 1000, "send space: {e:?}");
+    write_all(&c, &[7u8; 321]);
+    expect_data(&kq, id(&s), R, 321);
+    let lin = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt with a pointer to a live `linger` and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            c.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&lin as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    drop(c);
+    let e = expect_where(&kq, "READ with EOF", |e| e.ident == id(&s) && e.is_eof());
+    assert_eq!(e.fflags, libc::ECONNRESET as u32, "{e:?}");
+});
+
+backend_test!(
+    socket_hint_on_a_regular_file_is_still_a_file,
+    |b: Backend| {
+        let kq = kq(b);
+        let tmp = TempPath::new("hint-file");
+        std::fs::write(tmp.path(), b"abcde").unwrap();
+        let f = std::fs::File::open(tmp.path()).unwrap();
+        change(&kq, &[ev(id(&f), R, Flags::ADD, note::SOCKET, 0, 1)]);
+        expect_data(&kq, id(&f), R, 5);
+    }
+);
+
 backend_test!(data_pipe_and_socket_bytes, |b: Backend| {
     let kq = kq(b);
     let (rx, tx) = pipe();
@@ -759,8 +959,17 @@ backend_test!(closed_fd_with_a_live_dup_reports_nothing, |b: Backend| {
     // FreeBSD drops a fd's knotes at close(), even if a dup keeps the file
     // open; epoll keeps the registration of the file alive in that case.
     let kq = kq(b);
-    let (rx, tx) = pipe();
-    let dup = rx.try_clone().unwrap();
+    let (low, tx) = pipe();
+    // A high number, which the parallel tests' new fds (lowest free
+    // number first) do not take once it is closed: a reused number would
+    // report its new file's readiness (see the fd storage's docs).
+    // SAFETY: F_DUPFD_CLOEXEC returns a new fd that nothing else owns.
+    let rx = unsafe {
+        let fd = libc::fcntl(low.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 900);
+        assert!(fd >= 900, "F_DUPFD: {}", std::io::Error::last_os_error());
+        std::fs::File::from_raw_fd(fd)
+    };
+    let dup = low;
     let n = id(&rx);
     change(&kq, &[ev(n, R, Flags::ADD, 0, 0, 0)]);
     drop(rx);
@@ -833,18 +1042,24 @@ backend_test!(
                 .open(path.path())
                 .unwrap()
         };
-        let first = open_rw();
+        // At a high number, which the parallel tests' new fds (lowest
+        // free number first) do not take while it is closed.
+        let at_high = |f: std::fs::File, min: i32| {
+            // SAFETY: F_DUPFD_CLOEXEC returns a new fd that nothing else owns.
+            unsafe {
+                let fd = libc::fcntl(f.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min);
+                assert!(fd >= min, "F_DUPFD: {}", std::io::Error::last_os_error());
+                std::fs::File::from_raw_fd(fd)
+            }
+        };
+        let first = at_high(open_rw(), 910);
         let n = first.as_raw_fd();
         change(&kq, &[ev(n as u64, R, Flags::ADD | Flags::CLEAR, 0, 0, 1)]);
         drop(first);
         let second = open_rw();
-        let second = if second.as_raw_fd() == n {
-            second
-        } else {
-            let fd = dup_onto(&second, n);
-            drop(second);
-            std::fs::File::from(fd)
-        };
+        let fd = dup_onto(&second, n);
+        drop(second);
+        let second = std::fs::File::from(fd);
         change(&kq, &[ev(n as u64, R, Flags::ADD | Flags::CLEAR, 0, 0, 2)]);
         expect_none(&kq, n as u64, R);
         write_all(&second, b"z");

@@ -647,6 +647,113 @@ backend_test!(recv_pooled_cancel_and_delete, |b| {
     assert_eq!(aio.buffers_out(), 0);
 });
 
+/// Wait until `s` has `n` bytes queued (and what the peer sent with
+/// them, a FIN included, has arrived too: loopback delivers in order).
+#[track_caller]
+fn wait_readable(s: &TcpStream, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut buf = vec![0u8; n];
+    while s.peek(&mut buf).map_or(0, |k| k) < n {
+        assert!(Instant::now() < deadline, "{n} bytes never arrived");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(5));
+}
+
+backend_test!(recv_pooled_started_on_data_and_eof_reports_both, |b| {
+    // A new pooled receive that stops at a short read registers the
+    // socket afterwards: the EOF already there must still be reported.
+    let (kq, aio) = pooled_queue(b, 8, 1024);
+    let (mut c, s) = pair();
+    c.write_all(b"request").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    wait_readable(&s, 7);
+    let op = aio.recv_pooled(&kq, s.as_raw_fd(), 54).unwrap();
+    let (got, eof) = drain_multi(&kq, &aio, op, false, |_| false);
+    assert!(eof);
+    let data: Vec<u8> = got.iter().flat_map(|g| g.data.clone()).collect();
+    assert_eq!(data, b"request");
+    let last = got.last().unwrap();
+    assert_eq!((last.result, last.last), (0, true), "{got:?}");
+    assert_eq!((aio.buffers_out(), aio.in_flight()), (0, 0));
+});
+
+backend_test!(recv_pooled_started_on_data_then_more_arrives, |b| {
+    let (kq, aio) = pooled_queue(b, 8, 1024);
+    let (mut c, s) = pair();
+    c.write_all(b"first").unwrap();
+    wait_readable(&s, 5);
+    let op = aio.recv_pooled(&kq, s.as_raw_fd(), 55).unwrap();
+    let (got, _) = drain_multi(&kq, &aio, op, false, |g| {
+        g.iter().map(|c| c.data.len()).sum::<usize>() >= 5
+    });
+    let data: Vec<u8> = got.iter().flat_map(|g| g.data.clone()).collect();
+    assert_eq!(data, b"first");
+    quiet(&kq, 10);
+    c.write_all(b"second").unwrap();
+    let (got, _) = drain_multi(&kq, &aio, op, false, |g| {
+        g.iter().map(|c| c.data.len()).sum::<usize>() >= 6
+    });
+    let data: Vec<u8> = got.iter().flat_map(|g| g.data.clone()).collect();
+    assert_eq!(data, b"second");
+    assert!(aio.cancel(&kq, op).unwrap());
+    drain_multi(&kq, &aio, op, false, |_| false);
+    assert_eq!((aio.buffers_out(), aio.in_flight()), (0, 0));
+});
+
+backend_test!(pooled_receives_on_a_reused_number_after_reset, |b| {
+    // A server's connections: each pooled receive ends with the peer's
+    // reset, the socket is closed, and the next connection lands on the
+    // same number (the storage registers it afresh).
+    let (kq, aio) = pooled_queue(b, 8, 1024);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut numbers = HashSet::new();
+    for i in 0..20u64 {
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        s.set_nonblocking(true).unwrap();
+        numbers.insert(s.as_raw_fd());
+        c.write_all(b"GET").unwrap();
+        if i % 2 == 0 {
+            wait_readable(&s, 3);
+        }
+        let op = aio.recv_pooled(&kq, s.as_raw_fd(), 100 + i).unwrap();
+        let (got, _) = drain_multi(&kq, &aio, op, false, |g| {
+            g.iter().map(|c| c.data.len()).sum::<usize>() >= 3
+        });
+        let data: Vec<u8> = got.iter().flat_map(|g| g.data.clone()).collect();
+        assert_eq!(data, b"GET", "round {i}");
+        // Reset from the client: SO_LINGER {on, 0}.
+        let lin = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt with a pointer to a live `linger` and its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                c.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&lin as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        drop(c);
+        let (got, eof) = drain_multi(&kq, &aio, op, false, |_| false);
+        assert!(eof, "round {i}");
+        let last = got.last().unwrap();
+        assert_eq!(
+            (last.result, last.last),
+            (-(libc::ECONNRESET as i64), true),
+            "round {i}: {got:?}"
+        );
+        drop(s);
+    }
+    assert!(numbers.len() < 4, "numbers not reused: {numbers:?}");
+    assert_eq!((aio.buffers_out(), aio.in_flight()), (0, 0));
+});
+
 // ---- ops outliving the thread that submitted them -------------------------
 
 /// A thread leads one wait of `kq` (on io_uring the ring ops pending are

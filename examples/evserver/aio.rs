@@ -40,9 +40,11 @@
 //!
 //! Connection slots, request and send buffers are recycled: after warm-up
 //! a request allocates nothing. Closing a connection: `shutdown(2)` both
-//! ways, which ends its receive (end of file) and any send in flight; the
-//! fd is closed once both ops reported their final results (on io_uring
-//! the kernel holds the socket until then).
+//! ways if an op is still in flight, which ends its receive (end of file)
+//! and any send; the fd is closed once both ops reported their final
+//! results (on io_uring the kernel holds the socket until then). A
+//! connection whose receive ended by itself (the peer's reset or EOF) with
+//! no send in flight is just closed.
 
 use crate::cache::{ConnHdr, Entry};
 use crate::request::{render_error, Body, Reply, RBUF};
@@ -501,9 +503,13 @@ impl Worker {
         if !c.dying {
             c.dying = true;
             c.then = Then::None;
-            // SAFETY: shutdown(2) on our own socket fd. It ends the
-            // receive (EOF) and a send in flight (EPIPE).
-            unsafe { libc::shutdown(c.fd.as_raw_fd(), libc::SHUT_RDWR) };
+            if c.recv_op.is_some() || c.send_op.is_some() {
+                // SAFETY: shutdown(2) on our own socket fd. It ends the
+                // receive (EOF) and a send in flight (EPIPE). (With no op
+                // in flight — a reset ended the receive — the close that
+                // follows is all there is to do.)
+                unsafe { libc::shutdown(c.fd.as_raw_fd(), libc::SHUT_RDWR) };
+            }
             if c.paused && c.recv_op.is_none() {
                 c.paused = false;
             }

@@ -309,6 +309,14 @@ pub mod note {
     /// Linux one `ioctl` per event (about 0.5 µs on a VM); a server that
     /// reads until `EAGAIN` anyway can skip it. `EOF` is still reported.
     pub const NODATA: u32 = 0x0100_0000;
+    /// READ/WRITE (**kevent extension**, a hint): the caller vouches that
+    /// the fd is a socket that is not listening (a connected stream socket
+    /// or a datagram socket), so its first event skips the classification
+    /// of the fd (one `getsockopt` per new fd; a server's connections).
+    /// kevent-net's `TcpStream` and `UdpSocket` set it. A wrong hint is
+    /// not unsafe, but its `data` is then a socket's arithmetic (a pipe
+    /// would report no write space); a regular file is still told apart.
+    pub const SOCKET: u32 = 0x0200_0000;
 
     // EVFILT_VNODE
     /// VNODE: the file was unlinked (its link count dropped to zero).

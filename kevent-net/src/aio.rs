@@ -862,6 +862,13 @@ fn tag(shared: &Arc<Shared>) -> i64 {
 struct Waiters {
     read: Vec<u64>,
     write: Vec<u64>,
+    /// The fd is (most likely) registered with the backend: the next
+    /// watch is an `EPOLL_CTL_MOD`. Cleared when an op reported the end of
+    /// the fd's stream with nothing else waiting on it — the fd is about to
+    /// be closed, and the next op on its number (a new connection) is
+    /// registered with one `EPOLL_CTL_ADD` rather than MOD, `ENOENT`, ADD.
+    /// (The entry itself stays, its lists keeping their allocations.)
+    registered: bool,
 }
 
 /// The storage behind [`Aio`] (`Filter::Aio`).
@@ -1055,7 +1062,11 @@ impl Local {
             return self.submit_ring(cx, t, id);
         }
         if multi {
-            self.multi_attempt(cx, t, id, true);
+            // A new op is not watching yet: if it stops at a short
+            // receive, the registration that follows (ADD or MOD) polls
+            // the socket again and reports what arrived meanwhile, a
+            // pending end of file included. So no `EAGAIN` call here.
+            self.multi_attempt(cx, t, id, false);
             return Ok(());
         }
         let Some(op) = t.get(id) else { return Ok(()) };
@@ -1157,8 +1168,8 @@ impl Local {
         fd: RawFd,
         dir: Interest,
     ) -> Result<(), i32> {
-        let seen = self.waiters.contains_key(&fd);
         let w = self.waiters.entry(fd).or_default();
+        let seen = w.registered;
         match dir {
             Interest::Write => w.write.push(id),
             _ => w.read.push(id),
@@ -1179,6 +1190,9 @@ impl Local {
             self.unwait(fd, id);
             return Err(os_errno(&e));
         }
+        if let Some(w) = self.waiters.get_mut(&fd) {
+            w.registered = true;
+        }
         Ok(())
     }
 
@@ -1186,6 +1200,20 @@ impl Local {
         if let Some(w) = self.waiters.get_mut(&fd) {
             w.read.retain(|&x| x != id);
             w.write.retain(|&x| x != id);
+        }
+    }
+
+    /// An op on `fd` ended with `result`: if that is the end of the fd's
+    /// stream (end of file, or an error other than a cancel) and nothing
+    /// else waits on the fd, forget its registration ([`Waiters::registered`]).
+    fn stream_ended(&mut self, fd: RawFd, result: i64) {
+        if result > 0 || result == -i64::from(libc::ECANCELED) {
+            return;
+        }
+        if let Some(w) = self.waiters.get_mut(&fd) {
+            if w.read.is_empty() && w.write.is_empty() {
+                w.registered = false;
+            }
         }
     }
 
@@ -1197,6 +1225,9 @@ impl Local {
         op.st = St::Done;
         op.kernel = false;
         op.result = result;
+        let fd = op.fd;
+        self.stream_ended(fd, result);
+        let Some(op) = t.get(id) else { return };
         if let Kind::Sendfile { pipe, phase, .. } = &mut op.kind {
             // The kernel is done with the pipe: back to the idle list if
             // it is empty (the last step drained it: phase 0; a step that
@@ -1235,6 +1266,8 @@ impl Local {
         if watching {
             self.unwait(fd, id);
         }
+        self.stream_ended(fd, last);
+        let Some(op) = t.get(id) else { return };
         let kn = op.knote.filter(|&kn| cx.try_knote_mut(kn).is_some());
         match kn {
             Some(kn) => {

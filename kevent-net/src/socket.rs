@@ -228,6 +228,10 @@ pub struct Registration {
     /// is gone from the queue but may still be set here; deleting it then
     /// fails with `ENOENT`, which is ignored.
     dirs: u8,
+    /// `note` hint bits added to every change: `note::SOCKET` for a
+    /// stream or datagram socket (its first event then needs no
+    /// classification of the fd), none for a listener.
+    hint: u32,
 }
 
 impl fmt::Debug for Registration {
@@ -263,11 +267,13 @@ impl Registration {
         fd: RawFd,
         interest: Interest,
         opts: KnoteOpts,
+        hint: u32,
     ) -> io::Result<Registration> {
         let mut r = Registration {
             kq: kq.clone(),
             fd,
             dirs: 0,
+            hint,
         };
         r.add(interest, opts)?;
         Ok(r)
@@ -282,6 +288,7 @@ impl Registration {
         let mut n = 0;
         for f in interest.filters() {
             ch[n] = opts.change(self.fd, f);
+            ch[n].fflags |= self.hint;
             n += 1;
         }
         apply(self.kq.queue(), &ch[..n])?;
@@ -346,7 +353,13 @@ macro_rules! registration_methods {
                     "socket is registered in another queue",
                 )),
                 None => {
-                    self.reg = Some(Registration::new(kq, self.as_raw_fd(), interest, opts)?);
+                    self.reg = Some(Registration::new(
+                        kq,
+                        self.as_raw_fd(),
+                        interest,
+                        opts,
+                        Self::KIND_HINT,
+                    )?);
                     Ok(())
                 }
             }
@@ -395,6 +408,9 @@ pub struct TcpListener {
 }
 
 impl TcpListener {
+    /// No hint: the fd storage classifies a listener itself.
+    const KIND_HINT: u32 = 0;
+
     /// Bind to `addr` with `SO_REUSEADDR` and a backlog of 1024.
     ///
     /// # Errors
@@ -544,6 +560,9 @@ pub struct TcpStream {
 }
 
 impl TcpStream {
+    /// A connected stream socket (`note::SOCKET`).
+    const KIND_HINT: u32 = note::SOCKET;
+
     fn from_owned(fd: OwnedFd) -> TcpStream {
         TcpStream {
             reg: None,
@@ -637,8 +656,9 @@ impl TcpStream {
     /// does on FreeBSD, where closing a descriptor drops its knotes. Linux
     /// drops a closed fd from epoll by itself, and the core's fd storage
     /// discards the stale knotes when the number is next registered, or
-    /// before reporting them (see its "Close and reuse" rule). Saves the
-    /// `EV_DELETE` (an `fstat` and an `epoll_ctl`) per connection.
+    /// before reporting them (see its "Close and reuse" rule): the number's
+    /// next `EV_ADD` registers the new socket with the one `epoll_ctl` it
+    /// costs anyway. Saves the `EV_DELETE` (an `epoll_ctl`) per connection.
     ///
     /// Only for a socket no other descriptor refers to (no `dup`, no
     /// forked child holding it): the kernel keeps a registration while any
@@ -730,6 +750,9 @@ pub struct UdpSocket {
 }
 
 impl UdpSocket {
+    /// A datagram socket (`note::SOCKET`).
+    const KIND_HINT: u32 = note::SOCKET;
+
     /// Bind to `addr`.
     ///
     /// # Errors

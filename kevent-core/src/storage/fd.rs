@@ -48,12 +48,18 @@
 //! knote re-checked without a fresh kernel event asks the same before
 //! reporting. A stale entry's knotes are dropped first (so `ADD` starts
 //! clean, a file reopened at the same number included), and a reused
-//! number never yields a stale event. No `fstat` on these paths (an
-//! `epoll_ctl` costs ~210 ns of CPU here, an `fstat` ~370 ns): a new
-//! entry is registered at once, and its kind is learnt by one `fstat` at
-//! its first event (or at once when epoll refuses the fd: a regular file
-//! or directory, which has no registration and keeps its `(st_dev,
-//! st_ino)` for the same checks).
+//! number never yields a stale event. An `ADD` that finds its entry stale
+//! keeps the probe's registration (made for the direction asked, under
+//! the new entry's generation) as the new entry's watch: a server's
+//! connection landing on the number of one closed without `EV_DELETE`
+//! costs one `epoll_ctl`, as a fresh number does. No `fstat` on these
+//! paths (an `epoll_ctl` costs ~210 ns of CPU here, an `fstat` ~370 ns): a
+//! new entry is registered at once, and its kind is learnt at its first
+//! event — one `getsockopt(SO_ACCEPTCONN)` for a connected socket (none
+//! with `note::SOCKET`, the caller's word for it), an `fstat` for
+//! anything else (or at once when epoll refuses the fd: a
+//! regular file or directory, which has no registration and keeps its
+//! `(st_dev, st_ino)` for the same checks).
 //!
 //! **Level re-check.** A level knote stays on the ready list after its
 //! delivery and is re-checked before the next one: the identity probe
@@ -153,6 +159,10 @@ pub(crate) struct FdStorage {
     next_gen: u32,
     /// `fstat` of the fd named by the change being resolved.
     last: Option<(RawFd, u64, u64, u32)>,
+    /// `(fd, gen, direction bit)`: the change being resolved (an `EV_ADD`)
+    /// found the fd's entry stale, and the probe's registration was kept
+    /// as the watch of the new entry [`Storage::attach`] makes next.
+    adopted: Option<(RawFd, u32, u8)>,
     /// Regular files have no readiness edges; an inotify watch per file
     /// re-activates their READ knotes when the file is written (FreeBSD
     /// wakes `filt_vfsread` on write: the `tail -f` case).
@@ -291,22 +301,47 @@ fn classify(fd: RawFd, mode: u32) -> Kind {
         libc::S_IFCHR => Kind::Tty,
         libc::S_IFSOCK => {
             if sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).unwrap_or(0) != 0 {
-                let proto =
-                    sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL).unwrap_or(0);
-                let domain =
-                    sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(0);
-                if proto == libc::IPPROTO_TCP {
-                    Kind::TcpListener
-                } else if domain == libc::AF_UNIX {
-                    Kind::UnixListener
-                } else {
-                    Kind::Listener
-                }
+                classify_listener(fd)
             } else {
                 Kind::Socket
             }
         }
         _ => Kind::Other,
+    }
+}
+
+/// Which listener a listening socket is.
+fn classify_listener(fd: RawFd) -> Kind {
+    let proto = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL).unwrap_or(0);
+    if proto == libc::IPPROTO_TCP {
+        return Kind::TcpListener;
+    }
+    let domain = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(0);
+    if domain == libc::AF_UNIX {
+        Kind::UnixListener
+    } else {
+        Kind::Listener
+    }
+}
+
+/// The kind (and, where it is needed, `(st_dev, st_ino)`) of an fd epoll
+/// accepted, at its first event, in as few syscalls as the kind allows.
+/// `SO_ACCEPTCONN` first: a connected socket — most registrations of a
+/// server — takes that one `getsockopt` (no `fstat`); a listener adds an
+/// `fstat` (its inode names it for `sock_diag`) and `SO_PROTOCOL` (and
+/// `SO_DOMAIN` if not TCP); anything else fails with `ENOTSOCK` and is
+/// classified by one `fstat`. `None`: the fd is closed.
+fn classify_registered(fd: RawFd) -> Option<(Kind, u64, u64)> {
+    match sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) {
+        Ok(0) => Some((Kind::Socket, 0, 0)),
+        Ok(_) => {
+            let st = sys::fstat(fd).ok()?;
+            Some((classify_listener(fd), st.st_dev, st.st_ino))
+        }
+        Err(_) => {
+            let st = sys::fstat(fd).ok()?;
+            Some((classify(fd, st.st_mode), st.st_dev, st.st_ino))
+        }
     }
 }
 
@@ -409,21 +444,51 @@ impl FdStorage {
     /// file is closed): one syscall, as the `fstat` it replaces, and right
     /// also for a file reopened at the same number. `Ok(false)`: stale
     /// (the probe's own registration is undone); `Err(EBADF)`: closed.
-    fn same_file(&mut self, cx: &mut Context<'_>, fd: RawFd) -> Result<bool, Errno> {
+    ///
+    /// `adopt`: an `EV_ADD` of the READ (`Some(true)`) or WRITE knote is
+    /// being resolved. The probe then asks for that direction under the
+    /// next entry's generation, and if the entry is stale its registration
+    /// is kept as the watch of the entry [`Storage::attach`] makes next
+    /// ([`FdStorage::adopted`]): a number reused after a close without
+    /// `EV_DELETE` (a server's connections) costs one `epoll_ctl`, not
+    /// three (probe, its undo, the new registration). (With per-knote
+    /// watches a probe must ask an epoll instance that holds one of the
+    /// entry's watches: only a direction the entry has is adopted.)
+    fn same_file(
+        &mut self,
+        cx: &mut Context<'_>,
+        fd: RawFd,
+        adopt: Option<bool>,
+    ) -> Result<bool, Errno> {
         let per_knote = cx.per_knote_watches();
+        let next_gen = self.next_gen.wrapping_add(1) & GEN_MASK;
         let Some(e) = self.entry(fd) else {
             return Ok(false);
         };
-        let (interest, tag) = match (per_knote, e.registered) {
-            (_, 0) => return Ok(false),
-            (true, r) if r & 1 != 0 => (Interest::Read, 1),
-            (true, _) => (Interest::Write, 2),
-            (false, 1) => (Interest::Read, 0),
-            (false, 2) => (Interest::Write, 0),
-            (false, _) => (Interest::Both, 0),
+        if e.registered == 0 {
+            return Ok(false);
+        }
+        let adopt = adopt
+            .map(|is_read| if is_read { 1u8 } else { 2 })
+            .filter(|&bit| !per_knote || e.registered & bit != 0);
+        let (interest, tag, gen) = match (adopt, per_knote, e.registered) {
+            (Some(1), p, _) => (Interest::Read, if p { 1 } else { 0 }, next_gen),
+            (Some(_), p, _) => (Interest::Write, if p { 2 } else { 0 }, next_gen),
+            (None, true, r) if r & 1 != 0 => (Interest::Read, 1, e.gen),
+            (None, true, _) => (Interest::Write, 2, e.gen),
+            (None, false, 1) => (Interest::Read, 0, e.gen),
+            (None, false, 2) => (Interest::Write, 0, e.gen),
+            (None, false, _) => (Interest::Both, 0, e.gen),
         };
-        match cx.probe_watch(fd, interest, payload_of(e.gen, tag, fd)) {
-            Ok(found) => Ok(found),
+        match cx.probe_watch(fd, interest, payload_of(gen, tag, fd), adopt.is_some()) {
+            Ok(true) => Ok(true),
+            Ok(false) => {
+                if let Some(bit) = adopt {
+                    self.next_gen = gen;
+                    self.adopted = Some((fd, gen, bit));
+                }
+                Ok(false)
+            }
             Err(err) => Err(match err.raw_os_error() {
                 // Now a file epoll cannot watch: not the one registered.
                 Some(libc::EPERM) => return Ok(false),
@@ -451,6 +516,7 @@ impl Storage for FdStorage {
     fn resolve(&mut self, cx: &mut Context<'_>, ch: &Kevent) -> Result<(), Errno> {
         let fd = fd_of(ch.ident)?;
         self.last = None;
+        self.adopted = None;
         if ch.flags.contains(Flags::DELETE) && !ch.flags.contains(Flags::ADD) {
             if let Some(r) = self.delete_checked(cx, fd, ch.filter == Filter::Read) {
                 return r;
@@ -476,7 +542,13 @@ impl Storage for FdStorage {
                 self.last = Some((fd, st.st_dev, st.st_ino, st.st_mode));
                 return Ok(());
             }
-            Some(_) => match self.same_file(cx, fd) {
+            Some(_) => match self.same_file(
+                cx,
+                fd,
+                ch.flags
+                    .contains(Flags::ADD)
+                    .then_some(ch.filter == Filter::Read),
+            ) {
                 Ok(true) => {
                     self.last = Some((fd, 0, 0, MODE_UNKNOWN));
                     return Ok(());
@@ -517,15 +589,23 @@ impl Storage for FdStorage {
             sys::syscall!(fcntl(fd, libc::F_GETFD)).map_err(|_| libc::EBADF)?;
             self.fds.resize_with(fd as usize + 1, || None);
         }
+        let bit = if is_read { 1 } else { 2 };
+        let adopted = self.adopted.take().filter(|a| a.0 == fd && a.2 == bit);
         if self.fds[fd as usize].is_none() {
             let kind = if mode == MODE_UNKNOWN {
                 Kind::Unknown
             } else {
                 classify(fd, mode)
             };
-            self.next_gen = self.next_gen.wrapping_add(1) & GEN_MASK;
+            let gen = match adopted {
+                Some((_, gen, _)) => gen,
+                None => {
+                    self.next_gen = self.next_gen.wrapping_add(1) & GEN_MASK;
+                    self.next_gen
+                }
+            };
             self.fds[fd as usize] = Some(FdEntry {
-                gen: self.next_gen,
+                gen,
                 dev,
                 ino,
                 kind,
@@ -546,10 +626,18 @@ impl Storage for FdStorage {
         } else {
             e.write = Some(id);
         }
+        if let Some((_, gen, _)) = adopted {
+            if e.gen == gen && e.registered == 0 {
+                // `resolve`'s probe registered this direction for the file
+                // the number names now, under this entry's generation; as
+                // any new registration it reports the current readiness.
+                e.registered = bit;
+                return Ok(());
+            }
+        }
         if e.kind == Kind::Unknown && e.registered == 0 {
             // Register first: the kernel says what the fd is not.
             let per_knote = cx.per_knote_watches();
-            let bit = if is_read { 1 } else { 2 };
             let tag = if per_knote { bit } else { 0 };
             let interest = if is_read {
                 Interest::Read
@@ -602,7 +690,6 @@ impl Storage for FdStorage {
         // With per-knote watches (io_uring) each direction is its own
         // registration, tagged in the payload so it activates only its knote.
         let per_knote = cx.per_knote_watches();
-        let bit = if is_read { 1 } else { 2 };
         let want = e.registered | bit;
         let first = e.registered == 0;
         if want != e.registered {
@@ -613,7 +700,14 @@ impl Storage for FdStorage {
                 2 => Interest::Write,
                 _ => Interest::Both,
             };
-            if let Err(err) = cx.watch_fd(fd, interest, payload) {
+            // A second direction on epoll's one registration per fd: one
+            // `EPOLL_CTL_MOD` (the fd is known registered), not ADD, EEXIST, MOD.
+            let r = if first || per_knote {
+                cx.watch_fd(fd, interest, payload)
+            } else {
+                cx.rewatch_fd(fd, interest, payload)
+            };
+            if let Err(err) = r {
                 if is_read {
                     e.read = None;
                 } else {
@@ -791,7 +885,7 @@ impl FdStorage {
                     Ok(st) if st.st_dev == e.dev && st.st_ino == e.ino => {}
                     _ => return false,
                 }
-            } else if self.same_file(cx, fd) != Ok(true) {
+            } else if self.same_file(cx, fd, None) != Ok(true) {
                 return false;
             }
         }
@@ -799,13 +893,15 @@ impl FdStorage {
             return false;
         };
         if e.kind == Kind::Unknown {
-            match sys::fstat(fd) {
-                Ok(st) => {
-                    e.kind = classify(fd, st.st_mode);
-                    // The inode names the socket for sock_diag.
-                    (e.dev, e.ino) = (st.st_dev, st.st_ino);
-                }
-                Err(_) => return false,
+            if sfflags & note::SOCKET != 0 {
+                // The caller's word (`note::SOCKET`): no syscall.
+                e.kind = Kind::Socket;
+            } else {
+                let Some((kind, dev, ino)) = classify_registered(fd) else {
+                    return false;
+                };
+                e.kind = kind;
+                (e.dev, e.ino) = (dev, ino);
             }
         }
         let kind = e.kind;

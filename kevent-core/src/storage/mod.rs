@@ -307,16 +307,19 @@ impl Context<'_> {
     /// Whether this storage's watch of `fd` made with `interest` is still
     /// registered for the file `fd` names now: `Ok(true)` if so (nothing
     /// changes), `Ok(false)` if not (the file was closed and the number
-    /// is free or reused; the probe's registration is undone), or the
-    /// kernel's error (`EBADF` for a closed number).
+    /// is free or reused; the probe's registration, with `payload`, is
+    /// kept if `keep` — a watch of the file the number names now — and
+    /// undone otherwise), or the kernel's error (`EBADF` for a closed
+    /// number).
     pub(crate) fn probe_watch(
         &mut self,
         fd: RawFd,
         interest: Interest,
         payload: u64,
+        keep: bool,
     ) -> io::Result<bool> {
         let token = ((self.storage as u64 + 1) << PAYLOAD_BITS) | (payload & PAYLOAD_MASK);
-        self.sys.probe(fd, token, interest)
+        self.sys.probe(fd, token, interest, keep)
     }
 
     /// Stop watching `fd` (a watch made with `Interest::Read` or `Both`).

@@ -223,8 +223,16 @@ impl Sys {
 
     /// Whether `fd`'s watch with `interest` is registered for the file
     /// `fd` names now (`EPOLL_CTL_ADD` answering `EEXIST`, which changes
-    /// nothing); if the add succeeds it is undone and `Ok(false)` returned.
-    pub(crate) fn probe(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<bool> {
+    /// nothing); if the add succeeds, `Ok(false)` is returned and the new
+    /// registration (for the file `fd` names now, with `token`) is kept if
+    /// `keep`, else undone.
+    pub(crate) fn probe(
+        &self,
+        fd: RawFd,
+        token: u64,
+        interest: Interest,
+        keep: bool,
+    ) -> io::Result<bool> {
         let epfd = match self {
             Sys::Epoll(ep) => ep.pollable(),
             Sys::IoUring(u) => u.epoll_for(interest),
@@ -235,7 +243,9 @@ impl Sys {
         };
         // SAFETY: a live epoll_event for the kernel to read.
         if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } == 0 {
-            let _ = self.deregister(fd, interest);
+            if !keep {
+                let _ = self.deregister(fd, interest);
+            }
             return Ok(false);
         }
         // Read errno without building an `io::Error` for the usual EEXIST.

@@ -765,10 +765,8 @@ backend_test!(pooled_receives_on_a_reused_number_after_reset, |b| {
         );
         // Close the socket, keeping the number: the placeholder goes onto it.
         // SAFETY: dup2(2) of our own fds.
-        assert_eq!(
-            unsafe { libc::dup2(placeholder.as_raw_fd(), number) },
-            number
-        );
+        let rc = unsafe { libc::dup2(placeholder.as_raw_fd(), number) };
+        assert_eq!(rc, number);
     }
     assert_eq!((aio.buffers_out(), aio.in_flight()), (0, 0));
 });

@@ -276,10 +276,13 @@ impl Worker {
         while let Some(r) = self.aio.next_result(op) {
             match r.buf {
                 Some(buf) if r.result > 0 => {
-                    c.last = now;
+                    // Closing: input is discarded, and it does not keep
+                    // the connection: the idle limit counts from the
+                    // start of the close (as nginx's lingering_time).
                     if c.closing || c.dying {
                         continue;
                     }
+                    c.last = now;
                     if c.rbuf.is_empty() {
                         c.req_start = now;
                     }
@@ -312,6 +315,7 @@ impl Worker {
     fn sent(&mut self, slot: u32, op: u64, data: i64) {
         let buf = self.aio.take_buffer(op);
         let draining = self.base.draining.is_some();
+        let now = self.base.now;
         let c = self.base.conns.live_mut(slot);
         c.send_op = None;
         if let Some(mut b) = buf {
@@ -348,6 +352,7 @@ impl Worker {
         if c.close_after || (draining && c.rbuf.is_empty()) {
             c.close_after = false;
             c.closing = true;
+            c.last = now;
             c.rbuf.clear();
             // SAFETY: shutdown(2) on our own socket fd.
             unsafe { libc::shutdown(c.fd.as_raw_fd(), libc::SHUT_WR) };

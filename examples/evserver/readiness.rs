@@ -210,10 +210,13 @@ impl Worker {
                     return;
                 }
                 Ok(n) => {
-                    c.last = now;
+                    // Closing: input is discarded, and it does not keep
+                    // the connection: the idle limit counts from the
+                    // start of the close (as nginx's lingering_time).
                     if c.closing {
                         continue;
                     }
+                    c.last = now;
                     if c.rlen == 0 {
                         c.req_start = now;
                     }
@@ -241,6 +244,7 @@ impl Worker {
     /// false if the connection must close now.
     fn respond_all(&mut self, slot: u32) -> bool {
         let draining = self.base.draining.is_some();
+        let now = self.base.now;
         loop {
             let Base {
                 kq,
@@ -259,6 +263,7 @@ impl Worker {
                         if c.close_after || (draining && c.rlen == 0) {
                             let _ = c.stream.shutdown(Shutdown::Write);
                             c.closing = true;
+                            c.last = now;
                             c.close_after = false;
                             return true;
                         }
@@ -286,6 +291,7 @@ impl Worker {
                 if draining {
                     let _ = c.stream.shutdown(Shutdown::Write);
                     c.closing = true;
+                    c.last = now;
                 }
                 return true;
             }

@@ -53,6 +53,7 @@ macro_rules! evserver_tests {
             bad_requests_get_4xx,
             traversal_never_leaves_root,
             slowloris_closed_by_idle_timeout,
+            lingering_close_is_bounded,
             client_that_never_reads_is_not_buffered_without_bound,
             client_stuck_on_a_large_answer_is_not_buffered_without_bound,
             fd_exhaustion_is_survived,
@@ -542,6 +543,38 @@ pub fn slowloris_closed_by_idle_timeout(b: Backend, m: Mode) {
     let took = t.elapsed();
     assert!(took >= Duration::from_millis(450), "closed early: {took:?}");
     assert!(took < Duration::from_secs(4), "not closed after {took:?}");
+}
+
+/// After an error answer the server shuts its side and discards what the
+/// client still sends until the client's EOF — but not for ever: a client
+/// that keeps sending is closed once the idle limit has passed since the
+/// close began (nginx's lingering_time), however steadily it sends.
+pub fn lingering_close_is_bounded(b: Backend, m: Mode) {
+    let s = start(b, m, &["--idle-timeout", "0.5"]);
+    let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    c.write_all(b"BAD REQUEST LINE\r\n\r\n").unwrap();
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    r.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 400 "), "{line:?}");
+    // Keep sending: each write lands in the discarding server until it
+    // closes (then the writes fail with a reset).
+    let t = Instant::now();
+    let mut failed = false;
+    while t.elapsed() < Duration::from_secs(6) {
+        if c.write_all(b"more input\r\n").is_err() {
+            failed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = t.elapsed();
+    assert!(failed, "still discarding input after {took:?}");
+    assert!(took >= Duration::from_millis(400), "closed early: {took:?}");
+    assert_eq!(status(&s, "/"), "200");
 }
 
 pub fn fd_exhaustion_is_survived(b: Backend, m: Mode) {

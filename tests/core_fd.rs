@@ -378,22 +378,8 @@ backend_test!(tcp_reset_gives_eof_with_the_error, |b: Backend| {
     let (c, s) = tcp_pair();
     change(&kq, &[ev(id(&s), R, Flags::ADD, 0, 0, 0)]);
     expect_none(&kq, id(&s), R);
-    // SO_LINGER {on, 0}: close sends a RST.
-    let lin = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt with a pointer to a live `linger` and its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            c.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&lin as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
+    // SO_LINGER {on, 0}: the close sends a RST.
+    linger0(&c);
     drop(c);
     let e = expect_where(&kq, "READ with EOF", |e| e.ident == id(&s) && e.is_eof());
     assert_eq!(e.fflags, libc::ECONNRESET as u32, "{e:?}");
@@ -616,21 +602,8 @@ backend_test!(socket_hint_keeps_every_socket_datum, |b: Backend| {
     assert!(e.data > 1000, "send space: {e:?}");
     write_all(&c, &[7u8; 321]);
     expect_data(&kq, id(&s), R, 321);
-    let lin = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt with a pointer to a live `linger` and its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            c.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&lin as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
+    // SO_LINGER {on, 0}: the close sends a RST.
+    linger0(&c);
     drop(c);
     let e = expect_where(&kq, "READ with EOF", |e| e.ident == id(&s) && e.is_eof());
     assert_eq!(e.fflags, libc::ECONNRESET as u32, "{e:?}");
@@ -1112,21 +1085,8 @@ backend_test!(leftover_events_wake_a_blocked_leader, |b: Backend| {
 fn reset_server_end(kq: &kevent::kevent_core::Kqueue, flags: Flags) -> std::net::TcpStream {
     let (c, s) = tcp_pair();
     change(kq, &[ev(id(&s), R, Flags::ADD | flags, 0, 0, 0)]);
-    let lin = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt with a pointer to a live `linger` and its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            c.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&lin as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
+    // SO_LINGER {on, 0}: the close sends a RST.
+    linger0(&c);
     drop(c);
     s
 }

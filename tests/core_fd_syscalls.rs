@@ -11,12 +11,13 @@
 //! `fstat` — or with no syscall at all when the change carries the
 //! `note::SOCKET` hint (kevent-net's `TcpStream` does).
 
+mod util;
+
 use kevent::{note, Backend, Filter, Flags, Kevent, Kqueue};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::process::Command;
 use std::time::Duration;
 
 const ROUNDS: u64 = 1000;
@@ -62,42 +63,8 @@ fn connection_loop(backend: Backend, hint: u32) {
     assert!(numbers.len() < 4, "fd numbers were not reused: {numbers:?}");
 }
 
-/// `strace -c` summary rows: syscall name -> calls.
-fn parse_strace(s: &str) -> HashMap<String, u64> {
-    let mut m = HashMap::new();
-    for line in s.lines() {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        // % time, seconds, usecs/call, calls, [errors], syscall
-        if cols.len() >= 5 && cols[0].parse::<f64>().is_ok() {
-            if let Ok(calls) = cols[3].parse::<u64>() {
-                m.insert(cols[cols.len() - 1].to_string(), calls);
-            }
-        }
-    }
-    m
-}
-
 fn count(tag: &str) -> HashMap<String, u64> {
-    let exe = std::env::current_exe().unwrap();
-    let out =
-        std::env::temp_dir().join(format!("kevent-fd-strace-{}-{tag}.txt", std::process::id()));
-    let status = Command::new("strace")
-        .args(["-f", "-c", "-o"])
-        .arg(&out)
-        .arg(&exe)
-        .args([
-            "--exact",
-            "one_epoll_ctl_per_reused_number",
-            "--test-threads",
-            "1",
-        ])
-        .env(CHILD, tag)
-        .status()
-        .expect("strace is needed for this test (.ci/run installs it)");
-    assert!(status.success(), "child under strace failed: {status}");
-    let text = std::fs::read_to_string(&out).unwrap();
-    let _ = std::fs::remove_file(&out);
-    parse_strace(&text)
+    util::strace_child("one_epoll_ctl_per_reused_number", CHILD, tag)
 }
 
 #[test]

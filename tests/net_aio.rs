@@ -116,22 +116,8 @@ backend_test!(recv_connection_reset, |b| {
     let op = aio
         .recv(&kq, s.as_raw_fd(), Vec::with_capacity(16), 1)
         .unwrap();
-    // SO_LINGER 0: close sends RST.
-    let lg = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket fd and a live `linger` of the size passed.
-    let r = unsafe {
-        libc::setsockopt(
-            c.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&lg as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0);
+    // SO_LINGER {on, 0}: the close sends a RST.
+    util::linger0(&c);
     drop(c);
     assert_eq!(wait_one(&kq, op).0, -(libc::ECONNRESET as i64));
     assert!(aio.take_buffer(op).unwrap().is_empty());
@@ -377,21 +363,8 @@ backend_test!(submit_while_another_thread_waits, |b| {
 backend_test!(send_to_a_reset_peer_is_an_error, |b| {
     let (kq, aio) = queue(b);
     let (c, s) = pair();
-    let lg = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket fd and a live `linger` of the size passed.
-    let r = unsafe {
-        libc::setsockopt(
-            c.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&lg as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0);
+    // SO_LINGER {on, 0}: the close sends a RST.
+    util::linger0(&c);
     drop(c);
     std::thread::sleep(Duration::from_millis(20));
     // The first send may be accepted before the RST is seen; keep sending
@@ -738,22 +711,8 @@ backend_test!(pooled_receives_on_a_reused_number_after_reset, |b| {
         });
         let data: Vec<u8> = got.iter().flat_map(|g| g.data.clone()).collect();
         assert_eq!(data, b"GET", "round {i}");
-        // Reset from the client: SO_LINGER {on, 0}.
-        let lin = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: setsockopt with a pointer to a live `linger` and its size.
-        let rc = unsafe {
-            libc::setsockopt(
-                c.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&lin as *const libc::linger).cast(),
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0);
+        // SO_LINGER {on, 0}: the close sends a RST.
+        util::linger0(&c);
         drop(c);
         let (got, eof) = drain_multi(&kq, &aio, op, false, |_| false);
         assert!(eof, "round {i}");

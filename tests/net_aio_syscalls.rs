@@ -10,13 +10,14 @@
 //! `ENOENT`, ADD: the storage forgot the registration when the stream
 //! ended). On io_uring: no `recv` and no `epoll_ctl` at all (ring ops).
 
+mod util;
+
 use kevent::kevent_net::aio::Aio;
 use kevent::{Backend, Kevent};
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const ROUNDS: u64 = 300;
@@ -80,21 +81,8 @@ fn connection_loop(backend: Backend) {
         }
         let op = aio.recv_pooled(&kq, s.as_raw_fd(), i).unwrap();
         assert_eq!(drain(&kq, &aio, op, 18), (18, None));
-        let lin = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: setsockopt with a pointer to a live `linger` and its size.
-        let rc = unsafe {
-            libc::setsockopt(
-                c.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&lin as *const libc::linger).cast(),
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0);
+        // SO_LINGER {on, 0}: the close sends a RST.
+        util::linger0(&c);
         drop(c);
         assert_eq!(
             drain(&kq, &aio, op, 0),
@@ -106,44 +94,8 @@ fn connection_loop(backend: Backend) {
     assert_eq!((aio.buffers_out(), aio.in_flight()), (0, 0));
 }
 
-/// `strace -c` summary rows: syscall name -> calls.
-fn parse_strace(s: &str) -> HashMap<String, u64> {
-    let mut m = HashMap::new();
-    for line in s.lines() {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        // % time, seconds, usecs/call, calls, [errors], syscall
-        if cols.len() >= 5 && cols[0].parse::<f64>().is_ok() {
-            if let Ok(calls) = cols[3].parse::<u64>() {
-                m.insert(cols[cols.len() - 1].to_string(), calls);
-            }
-        }
-    }
-    m
-}
-
 fn count(tag: &str) -> HashMap<String, u64> {
-    let exe = std::env::current_exe().unwrap();
-    let out = std::env::temp_dir().join(format!(
-        "kevent-aio-strace-{}-{tag}.txt",
-        std::process::id()
-    ));
-    let status = Command::new("strace")
-        .args(["-f", "-c", "-o"])
-        .arg(&out)
-        .arg(&exe)
-        .args([
-            "--exact",
-            "pooled_receive_syscalls_per_connection",
-            "--test-threads",
-            "1",
-        ])
-        .env(CHILD, tag)
-        .status()
-        .expect("strace is needed for this test (.ci/run installs it)");
-    assert!(status.success(), "child under strace failed: {status}");
-    let text = std::fs::read_to_string(&out).unwrap();
-    let _ = std::fs::remove_file(&out);
-    parse_strace(&text)
+    util::strace_child("pooled_receive_syscalls_per_connection", CHILD, tag)
 }
 
 #[test]

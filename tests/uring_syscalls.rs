@@ -3,11 +3,12 @@
 //! binary (`.ci/run` installs strace). Fails, never skips, when strace or
 //! io_uring is missing.
 
+mod util;
+
 use kevent::{Backend, Filter, Flags, Kevent, Kqueue};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::process::Command;
 use std::time::Duration;
 
 const ROUNDS: usize = 2000;
@@ -45,38 +46,8 @@ fn edge_loop(backend: Backend) {
     }
 }
 
-/// `strace -c` summary rows: syscall name -> calls.
-fn parse_strace(s: &str) -> std::collections::HashMap<String, u64> {
-    let mut m = std::collections::HashMap::new();
-    for line in s.lines() {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        // % time, seconds, usecs/call, calls, [errors], syscall
-        if cols.len() >= 5 && cols[0].parse::<f64>().is_ok() {
-            let name = cols[cols.len() - 1].to_string();
-            if let Ok(calls) = cols[3].parse::<u64>() {
-                m.insert(name, calls);
-            }
-        }
-    }
-    m
-}
-
-fn count(backend: Backend, tag: &str) -> std::collections::HashMap<String, u64> {
-    let exe = std::env::current_exe().unwrap();
-    let out = std::env::temp_dir().join(format!("kevent-strace-{}-{tag}.txt", std::process::id()));
-    let status = Command::new("strace")
-        .args(["-f", "-c", "-o"])
-        .arg(&out)
-        .arg(&exe)
-        .args(["--exact", "one_enter_per_kevent", "--test-threads", "1"])
-        .env(CHILD, tag)
-        .status()
-        .expect("strace is needed for this test (.ci/run installs it)");
-    assert!(status.success(), "child under strace failed: {status}");
-    let text = std::fs::read_to_string(&out).unwrap();
-    let _ = std::fs::remove_file(&out);
-    let _ = backend;
-    parse_strace(&text)
+fn count(_backend: Backend, tag: &str) -> std::collections::HashMap<String, u64> {
+    util::strace_child("one_enter_per_kevent", CHILD, tag)
 }
 
 #[test]

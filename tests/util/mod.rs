@@ -11,6 +11,7 @@
 
 use kevent::kevent_core::Kqueue as CoreQueue;
 use kevent::{Backend, Filter, Flags, Kevent, Kqueue};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -400,6 +401,67 @@ pub fn fionread(fd: &impl AsRawFd) -> i64 {
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) };
     assert_eq!(rc, 0, "FIONREAD: {}", io::Error::last_os_error());
     n as i64
+}
+
+/// `SO_LINGER {on, 0}` on `s`: its close sends a RST (the peer sees
+/// `ECONNRESET`).
+#[track_caller]
+pub fn linger0(s: &impl AsRawFd) {
+    let lin = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt with a pointer to a live `linger` and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&lin as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER: {}", io::Error::last_os_error());
+}
+
+/// Syscall counts of a child run of this same test binary under
+/// `strace -f -c`: only `test` (exact name, one thread), with env `key` =
+/// `tag` (the child's test body sees it and runs the loop measured).
+/// Fails, never skips, without strace (`.ci/run` installs it).
+#[track_caller]
+pub fn strace_child(test: &str, key: &str, tag: &str) -> HashMap<String, u64> {
+    let exe = std::env::current_exe().unwrap();
+    let out = std::env::temp_dir().join(format!(
+        "kevent-strace-{}-{test}-{tag}.txt",
+        std::process::id()
+    ));
+    let status = std::process::Command::new("strace")
+        .args(["-f", "-c", "-o"])
+        .arg(&out)
+        .arg(&exe)
+        .args(["--exact", test, "--test-threads", "1"])
+        .env(key, tag)
+        .status()
+        .expect("strace is needed for this test (.ci/run installs it)");
+    assert!(status.success(), "child under strace failed: {status}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    let _ = std::fs::remove_file(&out);
+    parse_strace(&text)
+}
+
+/// `strace -c` summary rows: syscall name -> calls.
+pub fn parse_strace(s: &str) -> HashMap<String, u64> {
+    let mut m = HashMap::new();
+    for line in s.lines() {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        // % time, seconds, usecs/call, calls, [errors], syscall
+        if cols.len() >= 5 && cols[0].parse::<f64>().is_ok() {
+            if let Ok(calls) = cols[3].parse::<u64>() {
+                m.insert(cols[cols.len() - 1].to_string(), calls);
+            }
+        }
+    }
+    m
 }
 
 /// Make `target` refer to the file of `src` (`dup2`): closes what `target`

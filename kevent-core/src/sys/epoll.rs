@@ -10,7 +10,7 @@
 //! deadlines need nanosecond timeouts (`epoll_pwait2`; mio rounds to whole
 //! milliseconds).
 
-use super::{syscall, Interest, WaitBufs};
+use super::{edge_event, syscall, timespec, Interest, WaitBufs};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,41 +52,16 @@ impl Epoll {
     }
 
     pub(crate) fn register(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
-        let mut ev = edge_event(interest, token);
-        match syscall!(epoll_ctl(
-            self.ep.as_raw_fd(),
-            libc::EPOLL_CTL_ADD,
-            fd,
-            &mut ev
-        )) {
-            Ok(_) => Ok(()),
-            // Registered before under another token (a stale registration
-            // for a reused number cannot exist: epoll drops closed files).
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => syscall!(epoll_ctl(
-                self.ep.as_raw_fd(),
-                libc::EPOLL_CTL_MOD,
-                fd,
-                &mut ev
-            ))
-            .map(drop),
-            Err(e) => Err(e),
-        }
+        super::add_or_modify(self.ep.as_raw_fd(), fd, interest, token)
     }
 
     /// As `register`, trying `EPOLL_CTL_MOD` first: one syscall for an fd
     /// that is most likely registered already (re-arming after `EAGAIN`).
     pub(crate) fn reregister(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
-        let mut ev = edge_event(interest, token);
-        match syscall!(epoll_ctl(
-            self.ep.as_raw_fd(),
-            libc::EPOLL_CTL_MOD,
-            fd,
-            &mut ev
-        )) {
-            Ok(_) => Ok(()),
+        match self.modify(fd, token, interest) {
             // Not registered (closed since, or never): add it.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => self.register(fd, token, interest),
-            Err(e) => Err(e),
+            r => r,
         }
     }
 
@@ -111,19 +86,6 @@ impl Epoll {
             std::ptr::null_mut()
         ))
         .map(drop)
-    }
-
-    pub(crate) fn deregister(&self, fd: RawFd) -> io::Result<()> {
-        match syscall!(epoll_ctl(
-            self.ep.as_raw_fd(),
-            libc::EPOLL_CTL_DEL,
-            fd,
-            std::ptr::null_mut()
-        )) {
-            Ok(_) => Ok(()),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EBADF)) => Ok(()),
-            Err(e) => Err(e),
-        }
     }
 
     /// Wait into `bufs.raw` (the caller's, so no lock is needed here); the
@@ -158,10 +120,7 @@ impl Epoll {
             return Ok(n as usize);
         }
         if self.pwait2.load(Ordering::Relaxed) {
-            let ts = timeout.map(|d| libc::timespec {
-                tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
-                tv_nsec: d.subsec_nanos() as libc::c_long,
-            });
+            let ts = timespec(timeout);
             let tsp = ts
                 .as_ref()
                 .map_or(std::ptr::null(), |t| t as *const libc::timespec);
@@ -220,10 +179,7 @@ impl Epoll {
         if n > 0 {
             return Ok(n as usize);
         }
-        let ts = timeout.map(|d| libc::timespec {
-            tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
-            tv_nsec: d.subsec_nanos() as libc::c_long,
-        });
+        let ts = timespec(timeout);
         let tsp = ts
             .as_ref()
             .map_or(std::ptr::null(), |t| t as *const libc::timespec);
@@ -245,14 +201,5 @@ impl Epoll {
 
     pub(crate) fn pollable(&self) -> RawFd {
         self.ep.as_raw_fd()
-    }
-}
-
-/// The edge-triggered `epoll_event` of a watch with `interest`.
-#[inline]
-fn edge_event(interest: Interest, token: u64) -> libc::epoll_event {
-    libc::epoll_event {
-        events: (super::interest_bits(interest) | libc::EPOLLET) as u32,
-        u64: token,
     }
 }

@@ -193,11 +193,17 @@ impl Sys {
         }
     }
 
+    /// Stop the watch of `fd` made with `interest` (on epoll the fd's one
+    /// registration); an fd already closed is not an error.
     #[inline]
     pub(crate) fn deregister(&self, fd: RawFd, interest: Interest) -> io::Result<()> {
-        match self {
-            Sys::Epoll(ep) => ep.deregister(fd),
-            Sys::IoUring(u) => u.deregister(fd, interest),
+        let r = match self {
+            Sys::Epoll(ep) => ep.delete(fd),
+            Sys::IoUring(u) => u.delete(fd, interest),
+        };
+        match r {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EBADF)) => Ok(()),
+            r => r,
         }
     }
 
@@ -237,10 +243,7 @@ impl Sys {
             Sys::Epoll(ep) => ep.pollable(),
             Sys::IoUring(u) => u.epoll_for(interest),
         };
-        let mut ev = libc::epoll_event {
-            events: (interest_bits(interest) | libc::EPOLLET) as u32,
-            u64: token,
-        };
+        let mut ev = edge_event(interest, token);
         // SAFETY: a live epoll_event for the kernel to read.
         if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } == 0 {
             if !keep {
@@ -366,14 +369,46 @@ pub(crate) fn ring_user() -> bool {
     RING_USER.with(|r| r.get())
 }
 
-/// The epoll event bits a watch with `interest` asks for (edge bit apart).
+/// The edge-triggered `epoll_event` of a watch with `interest` (both
+/// backends register their watches in epoll instances).
 #[inline]
-pub(crate) fn interest_bits(interest: Interest) -> i32 {
-    match interest {
+pub(crate) fn edge_event(interest: Interest, token: u64) -> libc::epoll_event {
+    let dir = match interest {
         Interest::Read => libc::EPOLLIN | libc::EPOLLRDHUP,
         Interest::Write => libc::EPOLLOUT,
         Interest::Both => libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLOUT,
+    };
+    libc::epoll_event {
+        events: (dir | libc::EPOLLET) as u32,
+        u64: token,
     }
+}
+
+/// `EPOLL_CTL_ADD` of an edge-triggered watch in `epfd`, or `MOD` if `fd`
+/// is registered there already (under another token; a stale registration
+/// for a reused number cannot exist: epoll drops closed files).
+pub(crate) fn add_or_modify(
+    epfd: RawFd,
+    fd: RawFd,
+    interest: Interest,
+    token: u64,
+) -> io::Result<()> {
+    let mut ev = edge_event(interest, token);
+    match syscall!(epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev)) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            syscall!(epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, &mut ev)).map(drop)
+        }
+        r => r.map(drop),
+    }
+}
+
+/// A `timespec` for a relative timeout (`None`: none).
+#[inline]
+pub(crate) fn timespec(timeout: Option<Duration>) -> Option<libc::timespec> {
+    timeout.map(|d| libc::timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    })
 }
 
 /// Read an `i32` socket option.

@@ -7,8 +7,8 @@
 //! for WRITE watches), so every fd knote has a registration of its own and
 //! its own mode: a READ `CLEAR` knote and a WRITE knote on one socket never
 //! re-report each other (the epoll backend's per-fd caveat). The ring holds
-//! one `IORING_OP_EPOLL_WAIT` per instance and an `IORING_OP_READ` of the
-//! waker eventfd; `wait` re-submits whichever ended and waits for a
+//! one `IORING_OP_EPOLL_WAIT` per instance and a multishot `PollAdd` on
+//! the waker eventfd; `wait` re-submits whichever ended and waits for a
 //! completion in the same `io_uring_enter` (`submit_with_args` with the
 //! timeout), so a steady edge-triggered loop costs one syscall per
 //! `kevent()`.
@@ -114,9 +114,8 @@
 //!
 //! # Buffers
 //!
-//! Each `EPOLL_WAIT` writes into a buffer owned by this struct, and the
-//! waker read into an 8-byte one; the kernel owns a buffer from submission
-//! until the op's completion. [`Uring::shutdown`] (run when the queue is
+//! Each `EPOLL_WAIT` writes into a buffer owned by this struct; the kernel
+//! owns it from submission until the op's completion. [`Uring::shutdown`] (run when the queue is
 //! dropped) cancels every request in flight and waits for the
 //! completions; a buffer whose op could not be seen to complete is leaked
 //! rather than freed under the kernel.
@@ -148,7 +147,7 @@ pub(crate) const UD_CANCEL: u64 = 3;
 const ENTER_GETEVENTS: u32 = 1;
 
 /// Every opcode the queue's ring may be asked to run: its own (the two
-/// waits, the waker read, cancellation) and the network AIO storage's
+/// waits, the waker poll, cancellation) and the network AIO storage's
 /// (`kevent-net/src/aio.rs`, through `submit_op`); `RECVMSG` is the packet
 /// source's (on a ring of its own, but `Backend::Auto` choosing io_uring
 /// promises it works too).
@@ -360,26 +359,11 @@ impl Uring {
     }
 
     pub(crate) fn register(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
-        let (ep, dir) = match interest {
-            Interest::Read => (0, libc::EPOLLIN | libc::EPOLLRDHUP),
-            Interest::Write => (1, libc::EPOLLOUT),
-            Interest::Both => (0, libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLOUT),
-        };
-        let epfd = self.eps[ep].as_raw_fd();
-        let mut ev = libc::epoll_event {
-            events: (dir | libc::EPOLLET) as u32,
-            u64: token,
-        };
-        match syscall!(epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev)) {
-            Ok(_) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                syscall!(epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, &mut ev)).map(drop)
-            }
-            Err(e) => Err(e),
-        }
+        super::add_or_modify(self.epoll_for(interest), fd, interest, token)
     }
 
-    /// The epoll instance a watch with `interest` lives in.
+    /// The epoll instance a watch with `interest` lives in (`Read` and
+    /// `Both` share `epr`).
     pub(crate) fn epoll_for(&self, interest: Interest) -> RawFd {
         match interest {
             Interest::Read | Interest::Both => self.eps[0].as_raw_fd(),
@@ -390,35 +374,13 @@ impl Uring {
     /// `EPOLL_CTL_DEL` of the watch made with `interest`, errors as the
     /// kernel gives them.
     pub(crate) fn delete(&self, fd: RawFd, interest: Interest) -> io::Result<()> {
-        let ep = match interest {
-            Interest::Read | Interest::Both => 0,
-            Interest::Write => 1,
-        };
         syscall!(epoll_ctl(
-            self.eps[ep].as_raw_fd(),
+            self.epoll_for(interest),
             libc::EPOLL_CTL_DEL,
             fd,
             std::ptr::null_mut()
         ))
         .map(drop)
-    }
-
-    /// Stop the watch made with `interest` (`Read` and `Both` share `epr`).
-    pub(crate) fn deregister(&self, fd: RawFd, interest: Interest) -> io::Result<()> {
-        let ep = match interest {
-            Interest::Read | Interest::Both => 0,
-            Interest::Write => 1,
-        };
-        match syscall!(epoll_ctl(
-            self.eps[ep].as_raw_fd(),
-            libc::EPOLL_CTL_DEL,
-            fd,
-            std::ptr::null_mut()
-        )) {
-            Ok(_) => Ok(()),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EBADF)) => Ok(()),
-            Err(e) => Err(e),
-        }
     }
 
     /// Submit what is queued and wait for completions into `out`.

@@ -418,7 +418,7 @@ impl Kqueue {
                 if nerr == events.len() {
                     // FreeBSD (`kern_kevent_generic`): no room left for the
                     // entry ends the call; later changes are not applied.
-                    *wake = self.after_changes(st, true);
+                    *wake = self.after_changes(st);
                     if errno != 0 {
                         return Some(Err(io::Error::from_raw_os_error(errno)));
                     }
@@ -432,7 +432,7 @@ impl Kqueue {
             }
         }
         if nerr > 0 || events.is_empty() {
-            *wake = self.after_changes(st, true);
+            *wake = self.after_changes(st);
             return Some(Ok(nerr));
         }
         None
@@ -558,7 +558,7 @@ impl Kqueue {
         let udata = st.core.knotes[key as usize].udata;
         self.apply(&mut st, &Kevent { udata, ..ch })
             .map_err(io::Error::from_raw_os_error)?;
-        let wake = self.after_changes(&mut st, true);
+        let wake = self.after_changes(&mut st);
         drop(st);
         self.wake_leader(wake);
         Ok(())
@@ -689,18 +689,16 @@ impl Kqueue {
     /// a change made something ready that this thread will not collect. A
     /// follower is notified here; `true` asks the caller to wake the
     /// leader once the lock is released ([`Kqueue::wake_leader`]).
-    fn after_changes(&self, st: &mut State, returning: bool) -> bool {
+    fn after_changes(&self, st: &mut State) -> bool {
         let mut wake = false;
-        if returning {
-            if st.core.ready.count > 0 {
-                if st.followers > 0 {
-                    self.cond.notify_one();
-                } else if st.polling {
-                    wake = true;
-                }
+        if st.core.ready.count > 0 {
+            if st.followers > 0 {
+                self.cond.notify_one();
+            } else if st.polling {
+                wake = true;
             }
-            self.sync_exposed(st);
         }
+        self.sync_exposed(st);
         wake
     }
 
@@ -742,12 +740,12 @@ impl Kqueue {
         // epoll fills `raw`, io_uring `out`.
         for ev in bufs.raw.iter() {
             if ev.u64 != sys::epoll::WAKE_TOKEN {
-                self.dispatch_os(st, ev.u64, Readiness(ev.events), 0);
+                Self::dispatch_os(&self.sys, st, ev.u64, Readiness(ev.events), 0);
             }
         }
         bufs.raw.clear();
         for ev in bufs.out.iter() {
-            self.dispatch_os(st, ev.token, ev.ready, ev.res);
+            Self::dispatch_os(&self.sys, st, ev.token, ev.ready, ev.res);
         }
         bufs.out.clear();
         if !st.timed.is_empty() {
@@ -778,14 +776,14 @@ impl Kqueue {
 
     /// Hand one backend event to the storage its token names.
     #[inline(always)]
-    fn dispatch_os(&self, st: &mut State, token: u64, ready: Readiness, res: i32) {
+    fn dispatch_os(sys: &Sys, st: &mut State, token: u64, ready: Readiness, res: i32) {
         let idx = (token >> PAYLOAD_BITS) as usize;
         let Some(slot) = st.storages.get_mut(idx.wrapping_sub(1)) else {
             return;
         };
         let mut cx = Context {
             core: &mut st.core,
-            sys: &self.sys,
+            sys,
             storage: (idx - 1) as u8,
             index: &mut st.index,
         };
@@ -1016,18 +1014,7 @@ impl Drop for Kqueue {
         let mut done = Vec::new();
         self.sys.shutdown(&mut done);
         for ev in done {
-            let idx = (ev.token >> PAYLOAD_BITS) as usize;
-            let Some(slot) = storages.get_mut(idx.wrapping_sub(1)) else {
-                continue;
-            };
-            let mut cx = Context {
-                core,
-                sys: &self.sys,
-                storage: (idx - 1) as u8,
-                index,
-            };
-            let flags = ev.ready.0 & !sys::COMPLETION;
-            dispatch!(slot, s => s.completion(&mut cx, ev.token & PAYLOAD_MASK, ev.res, flags));
+            Self::dispatch_os(&self.sys, st, ev.token, ev.ready, ev.res);
         }
     }
 }

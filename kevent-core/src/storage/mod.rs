@@ -220,11 +220,18 @@ impl Context<'_> {
         k.status &= !ACTIVE;
     }
 
+    /// The backend token of this storage's `payload`: the storage's index
+    /// + 1 in the top byte (0 is the backends' own), the payload below.
+    #[inline]
+    fn token(&self, payload: u64) -> u64 {
+        debug_assert!(payload <= PAYLOAD_MASK);
+        ((self.storage as u64 + 1) << PAYLOAD_BITS) | (payload & PAYLOAD_MASK)
+    }
+
     /// Watch `fd` (edge-triggered); its events come back to
     /// [`Storage::os_event`] with `payload` (at most 56 bits).
     pub fn watch_fd(&mut self, fd: RawFd, interest: Interest, payload: u64) -> io::Result<()> {
-        debug_assert!(payload <= PAYLOAD_MASK);
-        let token = ((self.storage as u64 + 1) << PAYLOAD_BITS) | (payload & PAYLOAD_MASK);
+        let token = self.token(payload);
         self.sys.register(fd, token, interest)
     }
 
@@ -233,8 +240,7 @@ impl Context<'_> {
     /// `EPOLL_CTL_MOD` instead of `ADD`, `EEXIST`, `MOD`; an fd closed
     /// since (its registration gone) is added again.
     pub fn rewatch_fd(&mut self, fd: RawFd, interest: Interest, payload: u64) -> io::Result<()> {
-        debug_assert!(payload <= PAYLOAD_MASK);
-        let token = ((self.storage as u64 + 1) << PAYLOAD_BITS) | (payload & PAYLOAD_MASK);
+        let token = self.token(payload);
         self.sys.reregister(fd, token, interest)
     }
 
@@ -245,8 +251,7 @@ impl Context<'_> {
     /// references must stay valid until its final completion, cancelled or
     /// not. `Unsupported` on epoll.
     pub fn submit_op(&mut self, sqe: io_uring::squeue::Entry, payload: u64) -> io::Result<()> {
-        debug_assert!(payload <= PAYLOAD_MASK);
-        let token = ((self.storage as u64 + 1) << PAYLOAD_BITS) | (payload & PAYLOAD_MASK);
+        let token = self.token(payload);
         self.sys.submit_op(sqe.user_data(token))
     }
 
@@ -254,7 +259,7 @@ impl Context<'_> {
     /// completion (usually `-ECANCELED`) still comes to
     /// [`Storage::completion`]. `Unsupported` on epoll.
     pub fn cancel_op(&mut self, payload: u64) -> io::Result<()> {
-        let token = ((self.storage as u64 + 1) << PAYLOAD_BITS) | (payload & PAYLOAD_MASK);
+        let token = self.token(payload);
         let sqe = io_uring::opcode::AsyncCancel::new(token)
             .build()
             .user_data(crate::sys::uring::UD_CANCEL);
@@ -300,7 +305,7 @@ impl Context<'_> {
         keep: Option<Interest>,
         payload: u64,
     ) -> io::Result<()> {
-        let token = ((self.storage as u64 + 1) << PAYLOAD_BITS) | (payload & PAYLOAD_MASK);
+        let token = self.token(payload);
         self.sys.unwatch_checked(fd, token, drop, keep)
     }
 
@@ -318,7 +323,7 @@ impl Context<'_> {
         payload: u64,
         keep: bool,
     ) -> io::Result<bool> {
-        let token = ((self.storage as u64 + 1) << PAYLOAD_BITS) | (payload & PAYLOAD_MASK);
+        let token = self.token(payload);
         self.sys.probe(fd, token, interest, keep)
     }
 

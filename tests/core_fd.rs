@@ -410,6 +410,35 @@ backend_test!(close_and_reuse_gives_no_stale_events, |b: Backend| {
     drop(reused);
 });
 
+// The level re-check asks the condition first and the identity only for
+// a report: a number reused by a file that has data while the knote is
+// queued must still be caught by the identity probe.
+backend_test!(
+    close_and_reuse_by_a_pipe_with_data_gives_no_stale_event,
+    |b: Backend| {
+        let kq = kq(b);
+        let (rx, tx) = pipe();
+        let n = rx.as_raw_fd();
+        change(&kq, &[ev(n as u64, R, Flags::ADD, 0, 0, 1)]);
+        write_all(&tx, b"old data");
+        // Delivered; the level knote waits on the ready list.
+        expect_data(&kq, n as u64, R, 8);
+        // The number now names a new pipe that already holds bytes.
+        let (rx2, tx2) = pipe();
+        write_all(&tx2, b"new");
+        std::mem::forget(rx);
+        let reused = dup_onto(&rx2, n);
+        drop(rx2);
+        drop(tx);
+        expect_none(&kq, n as u64, R);
+        // The bytes were there to see: a new ADD reports them.
+        change(&kq, &[ev(n as u64, R, Flags::ADD, 0, 0, 2)]);
+        let e = expect_event(&kq, n as u64, R);
+        assert_eq!((e.data, e.udata), (3, 2));
+        drop((reused, tx2));
+    }
+);
+
 backend_test!(close_and_reuse_socket_then_add, |b: Backend| {
     let kq = kq(b);
     let (a, p) = socketpair();

@@ -323,7 +323,12 @@ impl Context<'_> {
         payload: u64,
         keep: bool,
     ) -> io::Result<bool> {
-        let token = self.token(payload);
+        // A probe registration that is undone still reports the readiness
+        // of the file it named to a wait in flight (io_uring's
+        // `EPOLL_WAIT`, another thread's `epoll_wait`) before the undo:
+        // under the entry's own payload that stale event would pass for
+        // the entry's. Token 0 names no storage, so the queue drops it.
+        let token = if keep { self.token(payload) } else { 0 };
         self.sys.probe(fd, token, interest, keep)
     }
 

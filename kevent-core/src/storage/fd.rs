@@ -118,7 +118,7 @@ use std::os::fd::RawFd;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     /// Registered with the backend, not classified yet (the first event
-    /// that needs the kind classifies it: one `fstat`).
+    /// classifies it: [`classify_registered`]).
     Unknown,
     Pipe,
     Socket,
@@ -368,7 +368,6 @@ impl FdStorage {
         self.fds.get_mut(fd as usize).and_then(|e| e.as_mut())
     }
 
-    /// Drop an entry's knotes without callbacks (the file behind it is gone).
     /// `DELETE` of a registered knote without an `fstat`: take its watch
     /// down (or narrow the fd's watch to the other knote's direction) now,
     /// and let the kernel's answer say whether the number still names the
@@ -384,25 +383,14 @@ impl FdStorage {
     ) -> Option<Result<(), Errno>> {
         let per_knote = cx.per_knote_watches();
         let e = self.entry(fd)?;
-        let has = if is_read {
-            e.read.is_some()
+        let (mine, other, bit, dir) = if is_read {
+            (e.read, e.write, 1, Interest::Read)
         } else {
-            e.write.is_some()
+            (e.write, e.read, 2, Interest::Write)
         };
-        if !has || e.kind == Kind::Regular {
+        if mine.is_none() || e.kind == Kind::Regular {
             return None;
         }
-        let bit = if is_read { 1 } else { 2 };
-        let other = if is_read {
-            e.write.is_some()
-        } else {
-            e.read.is_some()
-        };
-        let dir = if is_read {
-            Interest::Read
-        } else {
-            Interest::Write
-        };
         let (res, left) = if per_knote {
             if e.registered & bit == 0 {
                 return None;
@@ -410,7 +398,7 @@ impl FdStorage {
             let r = cx.unwatch_checked(fd, dir, None, 0);
             (r, e.registered & !bit)
         } else {
-            let left = if other { 3 & !bit } else { 0 };
+            let left = if other.is_some() { 3 & !bit } else { 0 };
             if e.registered == 0 {
                 return None;
             }
@@ -498,6 +486,31 @@ impl FdStorage {
         }
     }
 
+    /// [`Storage::attach`] for a regular file or directory: no
+    /// registration; a READ knote gets the file's inotify watch.
+    fn attach_file(
+        &mut self,
+        cx: &mut Context<'_>,
+        fd: RawFd,
+        id: KnoteId,
+        is_read: bool,
+    ) -> Result<(), Errno> {
+        if is_read {
+            if let Err(err) = self.files.add(cx, fd, id) {
+                if let Some(e) = self.entry(fd) {
+                    e.read = None;
+                    if e.write.is_none() {
+                        self.fds[fd as usize] = None;
+                    }
+                }
+                return Err(err);
+            }
+        }
+        cx.activate(id);
+        Ok(())
+    }
+
+    /// Drop an entry's knotes without callbacks (the file behind it is gone).
     fn drop_entry(&mut self, cx: &mut Context<'_>, fd: RawFd) {
         if let Some(e) = self.fds.get_mut(fd as usize).and_then(|e| e.take()) {
             for id in [e.read, e.write].into_iter().flatten() {
@@ -635,55 +648,8 @@ impl Storage for FdStorage {
                 return Ok(());
             }
         }
-        if e.kind == Kind::Unknown && e.registered == 0 {
-            // Register first: the kernel says what the fd is not.
-            let per_knote = cx.per_knote_watches();
-            let tag = if per_knote { bit } else { 0 };
-            let interest = if is_read {
-                Interest::Read
-            } else {
-                Interest::Write
-            };
-            match cx.watch_fd(fd, interest, payload_of(e.gen, tag, fd)) {
-                Ok(()) => {
-                    e.registered = bit;
-                    return Ok(());
-                }
-                Err(err) => {
-                    let errno = err.raw_os_error().unwrap_or(libc::EINVAL);
-                    // EPERM: no poll support; a regular file or a directory
-                    // is watched its own way, anything else is refused.
-                    let file = match errno {
-                        libc::EPERM => sys::fstat(fd).ok().filter(|st| {
-                            matches!(st.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFDIR)
-                        }),
-                        _ => None,
-                    };
-                    let Some(st) = file else {
-                        self.fds[fd as usize] = None;
-                        return Err(errno);
-                    };
-                    e.kind = Kind::Regular;
-                    e.dev = st.st_dev;
-                    e.ino = st.st_ino;
-                }
-            }
-        }
-        let e = self.fds[fd as usize].as_mut().expect("entry kept");
         if e.kind == Kind::Regular {
-            if is_read {
-                if let Err(err) = self.files.add(cx, fd, id) {
-                    if let Some(e) = self.entry(fd) {
-                        e.read = None;
-                        if e.write.is_none() {
-                            self.fds[fd as usize] = None;
-                        }
-                    }
-                    return Err(err);
-                }
-            }
-            cx.activate(id);
-            return Ok(());
+            return self.attach_file(cx, fd, id, is_read);
         }
         // Register only the directions that have knotes: an idle writable
         // fd registered for both would flood every wait with write edges.
@@ -708,6 +674,19 @@ impl Storage for FdStorage {
                 cx.rewatch_fd(fd, interest, payload)
             };
             if let Err(err) = r {
+                let errno = err.raw_os_error().unwrap_or(libc::EINVAL);
+                // EPERM for a new entry: no poll support. A regular file or
+                // a directory is watched its own way, anything else is
+                // refused.
+                if errno == libc::EPERM && first && e.kind == Kind::Unknown {
+                    let st = sys::fstat(fd).ok().filter(|st| {
+                        matches!(st.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFDIR)
+                    });
+                    if let Some(st) = st {
+                        (e.kind, e.dev, e.ino) = (Kind::Regular, st.st_dev, st.st_ino);
+                        return self.attach_file(cx, fd, id, is_read);
+                    }
+                }
                 if is_read {
                     e.read = None;
                 } else {
@@ -716,7 +695,7 @@ impl Storage for FdStorage {
                 if e.read.is_none() && e.write.is_none() {
                     self.fds[fd as usize] = None;
                 }
-                return Err(err.raw_os_error().unwrap_or(libc::EINVAL));
+                return Err(errno);
             }
             e.registered = want;
         }

@@ -62,10 +62,13 @@
 //! `(st_dev, st_ino)` for the same checks).
 //!
 //! **Level re-check.** A level knote stays on the ready list after its
-//! delivery and is re-checked before the next one: the identity probe
-//! above, then the `data` syscall (`FIONREAD`; `poll` with `NODATA`);
-//! when new activity has arrived meanwhile, the call's peek of the
-//! backend finds the knote fresh and the probe is skipped. Two kernel
+//! delivery and is re-checked before the next one: the condition's
+//! syscall (`FIONREAD`; `poll` with `NODATA`), then, only if there is
+//! something to report, the identity probe above (a loop that consumed
+//! the data pays one syscall to find the condition gone, not two); when
+//! new activity has arrived meanwhile, the call's peek of the backend
+//! finds the knote fresh and the probe is skipped. A regular file's one
+//! `fstat` serves both its identity and its size. Two kernel
 //! re-checks were measured and not kept:
 //! - re-arming the registration (`EPOLL_CTL_MOD`, which re-polls the file
 //!   and reports it again if still ready) at the next call, instead of
@@ -856,21 +859,77 @@ impl FdStorage {
         let Some(Some(e)) = self.fds.get_mut(fd as usize) else {
             return false;
         };
+        // A regular file's identity `fstat`, whose size is the `data`.
+        let mut stat = None;
+        // The condition's syscall, made before the identity probe (below).
+        let mut pre_fionread = None;
+        let mut pre_poll = None;
+        let mut pre_backlog = None;
         if !fresh {
             // Without a fresh kernel event the fd may have been closed and
             // its number reused since the knote was queued.
             if e.kind == Kind::Regular {
                 match sys::fstat(fd) {
-                    Ok(st) if st.st_dev == e.dev && st.st_ino == e.ino => {}
+                    Ok(st) if st.st_dev == e.dev && st.st_ino == e.ino => stat = Some(st),
                     _ => return false,
                 }
-            } else if self.same_file(cx, fd, None) != Ok(true) {
-                return false;
+            } else {
+                // A condition that no longer holds (a level loop that
+                // consumed the data) drops the knote whatever file the
+                // number names now: ask it first, and probe the identity
+                // only for a report (one syscall, not two, for the last
+                // re-check of each message). Nothing of the entry changes
+                // before the probe. `polls`: the arms below that take the
+                // condition from `poll`.
+                let polls = if is_read {
+                    match e.kind {
+                        Kind::Pipe | Kind::Socket | Kind::Tty => nodata || !e.fionread_ok,
+                        Kind::UnixListener => nodata,
+                        Kind::Other | Kind::Listener => true,
+                        _ => false,
+                    }
+                } else {
+                    true
+                };
+                if polls {
+                    let r = poll_one(fd);
+                    let (cond, eof) = if is_read {
+                        (
+                            Readiness::READABLE | Readiness::HUP | Readiness::RDHUP,
+                            e.eof_rd,
+                        )
+                    } else {
+                        (
+                            Readiness::WRITABLE | Readiness::HUP | Readiness::ERROR,
+                            e.eof_wr,
+                        )
+                    };
+                    if !r.any(cond) && !eof {
+                        return false;
+                    }
+                    pre_poll = Some(r);
+                } else if is_read && matches!(e.kind, Kind::Pipe | Kind::Socket | Kind::Tty) {
+                    match sys::ioctl_int(fd, libc::FIONREAD) {
+                        Ok(n) if (n as i64) < lowat && !e.eof_rd => return false,
+                        // Closed: the probe would say so.
+                        Err(err) if err.raw_os_error() == Some(libc::EBADF) => return false,
+                        r => pre_fionread = Some(r),
+                    }
+                } else if is_read && e.kind == Kind::TcpListener {
+                    match listen_backlog(fd) {
+                        Some(n) if n >= lowat => pre_backlog = Some(n),
+                        _ => return false,
+                    }
+                }
+                if self.same_file(cx, fd, None) != Ok(true) {
+                    return false;
+                }
             }
         }
         let Some(Some(e)) = self.fds.get_mut(fd as usize) else {
             return false;
         };
+        let ready = || pre_poll.unwrap_or_else(|| if fresh { hint } else { poll_one(fd) });
         if e.kind == Kind::Unknown {
             if sfflags & note::SOCKET != 0 {
                 // The caller's word (`note::SOCKET`): no syscall.
@@ -887,30 +946,33 @@ impl FdStorage {
         let (active, data, eof) = if is_read {
             match kind {
                 Kind::Regular => {
-                    let size = sys::fstat(fd).map(|s| s.st_size).unwrap_or(0);
+                    let size = match stat {
+                        Some(st) => st.st_size,
+                        None => sys::fstat(fd).map(|s| s.st_size).unwrap_or(0),
+                    };
                     // SEEK_CUR with offset 0 only reads the file offset.
                     let off = sys::syscall!(lseek(fd, 0, libc::SEEK_CUR)).unwrap_or(0);
                     let data = size - off;
                     (data != 0 || file_poll, data, false)
                 }
-                Kind::TcpListener => match listen_backlog(fd) {
+                Kind::TcpListener => match pre_backlog.or_else(|| listen_backlog(fd)) {
                     Some(n) => (n >= lowat, n, false),
                     None => (false, 0, false),
                 },
                 Kind::UnixListener if !nodata => match self.diag.backlog(e.ino) {
                     Some(n) => (n >= lowat, n, false),
                     None => {
-                        let r = if fresh { hint } else { poll_one(fd) };
+                        let r = ready();
                         (r.any(Readiness::READABLE), 1, false)
                     }
                 },
                 Kind::Pipe | Kind::Socket | Kind::Tty if nodata => {
-                    let r = if fresh { hint } else { poll_one(fd) };
+                    let r = ready();
                     let eof = e.eof_rd || r.any(Readiness::HUP | Readiness::RDHUP);
                     (r.any(Readiness::READABLE) || eof, 1, eof)
                 }
                 Kind::Pipe | Kind::Socket | Kind::Tty if e.fionread_ok => {
-                    match sys::ioctl_int(fd, libc::FIONREAD) {
+                    match pre_fionread.unwrap_or_else(|| sys::ioctl_int(fd, libc::FIONREAD)) {
                         Ok(n) => {
                             let n = n as i64;
                             (n >= lowat || e.eof_rd, n, e.eof_rd)
@@ -920,14 +982,14 @@ impl FdStorage {
                         Err(err) if err.raw_os_error() == Some(libc::EBADF) => return false,
                         Err(_) => {
                             e.fionread_ok = false;
-                            let r = if fresh { hint } else { poll_one(fd) };
+                            let r = ready();
                             let eof = e.eof_rd || r.any(Readiness::HUP | Readiness::RDHUP);
                             (r.any(Readiness::READABLE) || eof, 1, eof)
                         }
                     }
                 }
                 _ => {
-                    let r = if fresh { hint } else { poll_one(fd) };
+                    let r = ready();
                     let eof = r.any(Readiness::HUP | Readiness::RDHUP);
                     (r.any(Readiness::READABLE) || eof, 1, eof)
                 }
@@ -936,7 +998,7 @@ impl FdStorage {
             match kind {
                 Kind::Regular => (true, 0, false),
                 _ => {
-                    let r = if fresh { hint } else { poll_one(fd) };
+                    let r = ready();
                     let eof = e.eof_wr || r.any(Readiness::HUP | Readiness::ERROR);
                     let writable = r.any(Readiness::WRITABLE);
                     let data = match kind {

@@ -260,29 +260,27 @@ impl Storage for VnodeStorage {
                     let k = cx.knote_mut(id);
                     let mut notes = 0u32;
                     let m = ev.mask;
-                    if m & (libc::IN_MODIFY | libc::IN_ATTRIB) != 0 {
-                        if m & libc::IN_MODIFY != 0 {
-                            notes |= note::WRITE;
-                            if st.st_size as u64 > k.hook {
-                                notes |= note::EXTEND;
-                            }
-                            // Only a MODIFY moves the size mark: an
-                            // earlier ATTRIB read later must not hide
-                            // the growth from it (merged events).
-                            k.hook = st.st_size as u64;
+                    if m & libc::IN_MODIFY != 0 {
+                        notes |= note::WRITE;
+                        if st.st_size as u64 > k.hook {
+                            notes |= note::EXTEND;
                         }
-                        if m & libc::IN_ATTRIB != 0 {
-                            // FreeBSD reports the last unlink as
-                            // DELETE alone, not LINK too.
-                            if st.st_nlink == 0 {
-                                notes |= note::DELETE;
-                            } else if st.st_nlink != k.hook2 {
-                                notes |= note::LINK;
-                            } else {
-                                notes |= note::ATTRIB;
-                            }
-                            k.hook2 = st.st_nlink;
+                        // Only a MODIFY moves the size mark: an
+                        // earlier ATTRIB read later must not hide
+                        // the growth from it (merged events).
+                        k.hook = st.st_size as u64;
+                    }
+                    if m & libc::IN_ATTRIB != 0 {
+                        // FreeBSD reports the last unlink as
+                        // DELETE alone, not LINK too.
+                        if st.st_nlink == 0 {
+                            notes |= note::DELETE;
+                        } else if st.st_nlink != k.hook2 {
+                            notes |= note::LINK;
+                        } else {
+                            notes |= note::ATTRIB;
                         }
+                        k.hook2 = st.st_nlink;
                     }
                     if m & (libc::IN_CREATE
                         | libc::IN_DELETE

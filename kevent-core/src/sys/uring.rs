@@ -459,7 +459,7 @@ impl Uring {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EBUSY)) => Ok(()),
             r => r,
         };
-        let reaped = self.reap(r, out);
+        let reaped = Self::reap(&self.ring, r, out);
         res.and(reaped)
     }
 
@@ -562,10 +562,12 @@ impl Uring {
         }
     }
 
-    fn reap(&self, r: &mut Reaper, out: &mut Vec<OsEvent>) -> io::Result<()> {
+    /// Move the ring's completions into `out` (the caller is the leader,
+    /// `r` its state).
+    fn reap(ring: &IoUring, r: &mut Reaper, out: &mut Vec<OsEvent>) -> io::Result<()> {
         let mut err = None;
         // SAFETY: CQ access is the leader's alone (`r` is its state).
-        let cq = unsafe { self.ring.completion_shared() };
+        let cq = unsafe { ring.completion_shared() };
         for cqe in cq {
             let res = cqe.result();
             match cqe.user_data() {
@@ -682,9 +684,7 @@ impl Uring {
                     ) => {}
                 Err(_) => return,
             }
-            let r = self.reaper.get_mut() as *mut Reaper;
-            // SAFETY: `&mut self`: nothing else holds the reaper.
-            let _ = self.reap(unsafe { &mut *r }, out);
+            let _ = Self::reap(&self.ring, self.reaper.get_mut(), out);
             if !busy(self.reaper.get_mut()) {
                 return;
             }

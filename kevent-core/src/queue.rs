@@ -370,20 +370,11 @@ impl Kqueue {
             }
         }
         let result = self.collect(&mut st, events, min, timeout);
-        // Events this call left on the ready list (its buffer was full)
-        // belong to another waiter: wake a follower, or the leader blocked
-        // in the backend; a follower also takes over an idle leadership.
-        let mut wake = false;
-        if st.core.ready.count > 0 {
-            if st.followers > 0 {
-                self.cond.notify_one();
-            } else if st.polling {
-                wake = true;
-            }
-        } else if st.followers > 0 && !st.polling {
+        let wake = self.pass_on(&mut st);
+        if st.core.ready.count == 0 && st.followers > 0 && !st.polling {
+            // A follower takes over an idle leadership.
             self.cond.notify_one();
         }
-        self.sync_exposed(&st);
         drop(st);
         self.wake_leader(wake);
         result
@@ -418,7 +409,7 @@ impl Kqueue {
                 if nerr == events.len() {
                     // FreeBSD (`kern_kevent_generic`): no room left for the
                     // entry ends the call; later changes are not applied.
-                    *wake = self.after_changes(st);
+                    *wake = self.pass_on(st);
                     if errno != 0 {
                         return Some(Err(io::Error::from_raw_os_error(errno)));
                     }
@@ -432,7 +423,7 @@ impl Kqueue {
             }
         }
         if nerr > 0 || events.is_empty() {
-            *wake = self.after_changes(st);
+            *wake = self.pass_on(st);
             return Some(Ok(nerr));
         }
         None
@@ -558,7 +549,7 @@ impl Kqueue {
         let udata = st.core.knotes[key as usize].udata;
         self.apply(&mut st, &Kevent { udata, ..ch })
             .map_err(io::Error::from_raw_os_error)?;
-        let wake = self.after_changes(&mut st);
+        let wake = self.pass_on(&mut st);
         drop(st);
         self.wake_leader(wake);
         Ok(())
@@ -685,11 +676,12 @@ impl Kqueue {
         Ok(())
     }
 
-    /// After changes of a call that returns now: wake a waiting thread if
-    /// a change made something ready that this thread will not collect. A
-    /// follower is notified here; `true` asks the caller to wake the
-    /// leader once the lock is released ([`Kqueue::wake_leader`]).
-    fn after_changes(&self, st: &mut State) -> bool {
+    /// Before a call returns: events it leaves on the ready list (made
+    /// ready by its changes, or left over when its buffer was full) belong
+    /// to another waiter. A follower is notified here; `true` asks the
+    /// caller to wake the leader blocked in the backend once the lock is
+    /// released ([`Kqueue::wake_leader`]).
+    fn pass_on(&self, st: &mut State) -> bool {
         let mut wake = false;
         if st.core.ready.count > 0 {
             if st.followers > 0 {

@@ -1873,7 +1873,7 @@ impl Drop for AioStorage {
         if kernel {
             if let Some(p) = &mut t.pool {
                 // A receive may still pick a buffer from the ring.
-                p.leak = true;
+                p.leak();
             }
         }
     }

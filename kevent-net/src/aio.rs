@@ -322,9 +322,7 @@ impl Table {
     }
 
     fn get(&mut self, id: u64) -> Option<&mut Op> {
-        let key = (id & 0xffff_ffff) as usize;
-        let gen = (id >> 32) as u32;
-        self.slots.get_mut(key)?.as_mut().filter(|op| op.gen == gen)
+        slot(&mut self.slots, id)
     }
 
     fn remove(&mut self, id: u64) {
@@ -346,18 +344,7 @@ impl Table {
 
     /// Queue a result on multishot op `id`.
     fn push_res(&mut self, id: u64, res: i64, bid: u32) {
-        let key = (id & 0xffff_ffff) as usize;
-        let Table {
-            slots,
-            res: list,
-            res_free,
-            ..
-        } = self;
-        let gen = (id >> 32) as u32;
-        let Some(Some(op)) = slots
-            .get_mut(key)
-            .filter(|o| o.as_ref().is_some_and(|o| o.gen == gen))
-        else {
+        let Some(op) = slot(&mut self.slots, id) else {
             return;
         };
         let entry = Res {
@@ -365,9 +352,10 @@ impl Table {
             res,
             bid,
         };
-        let i = if *res_free != NIL {
-            let i = *res_free;
-            *res_free = list[i as usize].next;
+        let list = &mut self.res;
+        let i = if self.res_free != NIL {
+            let i = self.res_free;
+            self.res_free = list[i as usize].next;
             list[i as usize] = entry;
             i
         } else {
@@ -386,27 +374,19 @@ impl Table {
 
     /// Take the oldest result of multishot op `id`: `(result, bid)`.
     fn pop_res(&mut self, id: u64) -> Option<(i64, u32)> {
-        let key = (id & 0xffff_ffff) as usize;
-        let Table {
-            slots,
-            res: list,
-            res_free,
-            ..
-        } = self;
-        let gen = (id >> 32) as u32;
-        let op = slots.get_mut(key)?.as_mut().filter(|o| o.gen == gen)?;
+        let op = slot(&mut self.slots, id)?;
         if op.q.head == NIL {
             return None;
         }
         let i = op.q.head;
-        let e = list[i as usize];
+        let e = self.res[i as usize];
         op.q.head = e.next;
         if op.q.head == NIL {
             op.q.tail = NIL;
         }
         op.q.len -= 1;
-        list[i as usize].next = *res_free;
-        *res_free = i;
+        self.res[i as usize].next = self.res_free;
+        self.res_free = i;
         Some((e.res, e.bid))
     }
 
@@ -430,6 +410,14 @@ impl Table {
             }
         }
     }
+}
+
+/// The live op `id` (slot and generation) of `slots`: a free function so
+/// the table's other fields stay borrowable beside it.
+fn slot(slots: &mut [Option<Op>], id: u64) -> Option<&mut Op> {
+    let key = (id & 0xffff_ffff) as usize;
+    let gen = (id >> 32) as u32;
+    slots.get_mut(key)?.as_mut().filter(|op| op.gen == gen)
 }
 
 /// Close an accepted fd nobody will see.
@@ -1007,13 +995,103 @@ fn attempt(op: &mut Op) -> Try {
         match r {
             (libc::EINTR, _) => continue,
             (e, dir) if e == libc::EAGAIN || e == libc::EWOULDBLOCK => return Try::Again(dir),
-            (e, _) => {
-                return Try::Done(if op.sent > 0 {
+            (e, _) => return Try::Done(partial(op.sent, e)),
+        }
+    }
+}
+
+/// The result of an op that stopped on `errno` after sending `sent`
+/// bytes: the bytes if any (a partial send is reported as such), else
+/// `-errno`.
+fn partial(sent: usize, errno: i32) -> i64 {
+    if sent > 0 {
+        sent as i64
+    } else {
+        -i64::from(errno)
+    }
+}
+
+/// Single-shot `op`'s step completed with `result` (io_uring): its final
+/// result, or `None` when the next step is to be submitted (the rest of a
+/// send, a sendfile's next splice or its poll for room).
+fn ring_step(op: &mut Op, result: i32) -> Option<i64> {
+    let cancel = op.cancel;
+    match &mut op.kind {
+        Kind::Sendfile {
+            offset,
+            len,
+            chunk,
+            phase,
+            pipe,
+            ..
+        } => {
+            if *phase == 0 {
+                if result > 0 && !cancel {
+                    *chunk = result as usize;
+                    *offset += result as u64;
+                    *phase = 1;
+                    return None;
+                }
+                // End of file (0), an error or a cancel: the pipe is
+                // empty unless a cancel raced a result.
+                if result > 0 {
+                    drop(pipe.take());
+                }
+                Some(if result >= 0 {
                     op.sent as i64
                 } else {
-                    -i64::from(e)
+                    partial(op.sent, -result)
                 })
+            } else if *phase == 2 {
+                // The socket is writable (or the poll failed: the splice
+                // will say why).
+                if cancel {
+                    drop(pipe.take());
+                    return Some(partial(op.sent, libc::ECANCELED));
+                }
+                *phase = 1;
+                None
+            } else if result == -libc::EAGAIN && !cancel {
+                // A non-blocking socket is full: wait for room.
+                *phase = 2;
+                None
+            } else if result > 0 {
+                op.sent += result as usize;
+                if result as usize == *chunk && op.sent < *len && !cancel {
+                    *phase = 0;
+                    None
+                } else if (result as usize) < *chunk && !cancel {
+                    // A short pipe → socket splice: send the rest of the
+                    // pipe.
+                    *chunk -= result as usize;
+                    None
+                } else {
+                    if (result as usize) < *chunk {
+                        // Bytes left in the pipe: it cannot be reused.
+                        drop(pipe.take());
+                    }
+                    Some(op.sent as i64)
+                }
+            } else {
+                drop(pipe.take());
+                Some(partial(op.sent, -result))
             }
+        }
+        Kind::Send => {
+            if result > 0 {
+                op.sent += result as usize;
+            }
+            let len = op.buf.as_ref().map_or(0, Vec::len);
+            if result > 0 && op.sent < len && !cancel {
+                None
+            } else if result < 0 {
+                Some(partial(op.sent, -result))
+            } else {
+                Some(op.sent as i64)
+            }
+        }
+        Kind::Accept | Kind::Recv | Kind::AcceptMulti | Kind::RecvPooled => {
+            Some(i64::from(result))
         }
     }
 }
@@ -1053,8 +1131,8 @@ impl Local {
     /// Arm op `id` (io_uring) or try it (epoll), at attach or after a
     /// transparent resubmission.
     fn start(&mut self, cx: &mut Context<'_>, t: &mut Table, id: u64) -> Result<(), Errno> {
-        let multi = t.get(id).ok_or(libc::ENOENT)?.kind.multi();
-        let pooled = matches!(t.get(id).map(|o| &o.kind), Some(Kind::RecvPooled));
+        let kind = &t.get(id).ok_or(libc::ENOENT)?.kind;
+        let (multi, pooled) = (kind.multi(), matches!(kind, Kind::RecvPooled));
         if pooled {
             Local::ensure_pool(cx, t)?;
         }
@@ -1075,11 +1153,8 @@ impl Local {
             Try::Again(dir) => {
                 let fd = op.fd;
                 if let Err(e) = self.wait_ready(cx, id, fd, dir) {
-                    let r = match t.get(id) {
-                        Some(op) if op.sent > 0 => op.sent as i64,
-                        _ => -i64::from(e),
-                    };
-                    self.finish(cx, t, id, r);
+                    let sent = t.get(id).map_or(0, |o| o.sent);
+                    self.finish(cx, t, id, partial(sent, e));
                 }
             }
         }
@@ -1225,9 +1300,7 @@ impl Local {
         op.st = St::Done;
         op.kernel = false;
         op.result = result;
-        let fd = op.fd;
-        self.stream_ended(fd, result);
-        let Some(op) = t.get(id) else { return };
+        self.stream_ended(op.fd, result);
         if let Kind::Sendfile { pipe, phase, .. } = &mut op.kind {
             // The kernel is done with the pipe: back to the idle list if
             // it is empty (the last step drained it: phase 0; a step that
@@ -1254,6 +1327,21 @@ impl Local {
         t.maybe_free(id);
     }
 
+    /// Cancel epoll op `id` (pending, never in the kernel) at once: off
+    /// its fd's waiter list and final with `-ECANCELED` (a send: the bytes
+    /// sent, if any).
+    fn cancel_now(&mut self, cx: &mut Context<'_>, t: &mut Table, id: u64) {
+        let Some(op) = t.get(id) else { return };
+        if op.kind.multi() {
+            // `end` takes it off the waiter list and out of starvation.
+            self.end(cx, t, id, -i64::from(libc::ECANCELED));
+            return;
+        }
+        let (fd, sent) = (op.fd, op.sent);
+        self.unwait(fd, id);
+        self.finish(cx, t, id, partial(sent, libc::ECANCELED));
+    }
+
     /// Multishot `id` ended: queue its last result and report it, or,
     /// with no knote left, discard everything.
     fn end(&mut self, cx: &mut Context<'_>, t: &mut Table, id: u64, last: i64) {
@@ -1267,7 +1355,6 @@ impl Local {
             self.unwait(fd, id);
         }
         self.stream_ended(fd, last);
-        let Some(op) = t.get(id) else { return };
         let kn = op.knote.filter(|&kn| cx.try_knote_mut(kn).is_some());
         match kn {
             Some(kn) => {
@@ -1429,125 +1516,27 @@ impl Local {
     fn single_cqe(&mut self, cx: &mut Context<'_>, t: &mut Table, id: u64, result: i32) {
         let Some(op) = t.get(id) else { return };
         op.kernel = false;
-        let res = i64::from(result);
-        let cancel = op.cancel;
         // Cancelled by the kernel, not by the user: the submitting thread
         // exited and nothing moved (see the module docs). Also a splice
         // interrupted (`EINTR`) before moving anything.
-        let kernel_cancel = !cancel
+        let kernel_cancel = !op.cancel
             && (result == -libc::ECANCELED
                 || (result == -libc::EINTR && matches!(op.kind, Kind::Sendfile { .. })))
             && op.resubmits < MAX_RESUBMITS;
-        if kernel_cancel {
+        let fin = if kernel_cancel {
             op.resubmits += 1;
-            if let Err(e) = self.submit_ring(cx, t, id) {
-                let sent = t.get(id).map_or(0, |o| o.sent);
-                let r = if sent > 0 { sent as i64 } else { -i64::from(e) };
-                self.finish(cx, t, id, r);
-            }
-            return;
-        }
-        let mut again = false;
-        let fin = match &mut op.kind {
-            Kind::Sendfile {
-                offset,
-                len,
-                chunk,
-                phase,
-                pipe,
-                ..
-            } => {
-                if *phase == 0 {
-                    if result > 0 && !cancel {
-                        *chunk = result as usize;
-                        *offset += result as u64;
-                        *phase = 1;
-                        again = true;
-                        None
-                    } else {
-                        // End of file (0), an error or a cancel: the pipe
-                        // is empty unless a cancel raced a result.
-                        if result > 0 {
-                            drop(pipe.take());
-                        }
-                        Some(if op.sent > 0 || result >= 0 {
-                            op.sent as i64
-                        } else {
-                            res
-                        })
-                    }
-                } else if *phase == 2 {
-                    // The socket is writable (or the poll failed: the
-                    // splice will say why).
-                    if cancel {
-                        drop(pipe.take());
-                        Some(if op.sent > 0 {
-                            op.sent as i64
-                        } else {
-                            -i64::from(libc::ECANCELED)
-                        })
-                    } else {
-                        *phase = 1;
-                        again = true;
-                        None
-                    }
-                } else if result == -libc::EAGAIN && !cancel {
-                    // A non-blocking socket is full: wait for room.
-                    *phase = 2;
-                    again = true;
-                    None
-                } else if result > 0 {
-                    op.sent += result as usize;
-                    if result as usize == *chunk && op.sent < *len && !cancel {
-                        *phase = 0;
-                        again = true;
-                        None
-                    } else if (result as usize) < *chunk && !cancel {
-                        // A short pipe → socket splice: send the rest of
-                        // the pipe.
-                        *chunk -= result as usize;
-                        again = true;
-                        None
-                    } else {
-                        if (result as usize) < *chunk {
-                            // Bytes left in the pipe: it cannot be reused.
-                            drop(pipe.take());
-                        }
-                        Some(op.sent as i64)
-                    }
-                } else {
-                    drop(pipe.take());
-                    Some(if op.sent > 0 { op.sent as i64 } else { res })
-                }
-            }
-            Kind::Send => {
-                if result > 0 {
-                    op.sent += result as usize;
-                }
-                let len = op.buf.as_ref().map_or(0, Vec::len);
-                if result > 0 && op.sent < len && !cancel {
-                    again = true;
-                    None
-                } else if result < 0 && op.sent > 0 {
-                    Some(op.sent as i64)
-                } else if result < 0 {
-                    Some(res)
-                } else {
-                    Some(op.sent as i64)
-                }
-            }
-            Kind::Accept | Kind::Recv | Kind::AcceptMulti | Kind::RecvPooled => Some(res),
+            None
+        } else {
+            ring_step(op, result)
         };
-        if again {
-            if let Err(e) = self.submit_ring(cx, t, id) {
-                let sent = t.get(id).map_or(0, |o| o.sent);
-                let r = if sent > 0 { sent as i64 } else { -i64::from(e) };
-                self.finish(cx, t, id, r);
+        match fin {
+            Some(r) => self.finish(cx, t, id, r),
+            None => {
+                if let Err(e) = self.submit_ring(cx, t, id) {
+                    let sent = t.get(id).map_or(0, |o| o.sent);
+                    self.finish(cx, t, id, partial(sent, e));
+                }
             }
-            return;
-        }
-        if let Some(r) = fin {
-            self.finish(cx, t, id, r);
         }
     }
 
@@ -1694,22 +1683,7 @@ impl Storage for AioStorage {
             cx.cancel_op(id).map_err(|e| os_errno(&e))?;
             return Ok(());
         }
-        let (fd, sent, multi) = (op.fd, op.sent, op.kind.multi());
-        op.starved = false;
-        self.io.unwait(fd, id);
-        if multi {
-            if let Some(op) = t.get(id) {
-                op.watching = false;
-            }
-            self.io.end(cx, &mut t, id, -i64::from(libc::ECANCELED));
-            return Ok(());
-        }
-        let r = if sent > 0 {
-            sent as i64
-        } else {
-            -i64::from(libc::ECANCELED)
-        };
-        self.io.finish(cx, &mut t, id, r);
+        self.io.cancel_now(cx, &mut t, id);
         Ok(())
     }
 
@@ -1733,17 +1707,7 @@ impl Storage for AioStorage {
                 op.cancel = true;
                 let _ = cx.cancel_op(id);
             }
-            St::Pending => {
-                let (fd, multi) = (op.fd, op.kind.multi());
-                op.starved = false;
-                op.watching = false;
-                self.io.unwait(fd, id);
-                if multi {
-                    self.io.end(cx, &mut t, id, -i64::from(libc::ECANCELED));
-                } else {
-                    self.io.finish(cx, &mut t, id, -i64::from(libc::ECANCELED));
-                }
-            }
+            St::Pending => self.io.cancel_now(cx, &mut t, id),
         }
     }
 

@@ -146,6 +146,7 @@ mod pool;
 use kevent_core::io_uring::{cqueue, opcode, types};
 use kevent_core::{Backend, Context, Errno, Filter, Flags, Interest, Kevent, KnoteId, Kqueue};
 use kevent_core::{Readiness, Storage};
+use crate::sys::cvt;
 use pool::Pool;
 use rustc_hash::FxHashMap;
 use std::fmt;
@@ -901,9 +902,7 @@ fn os_errno(e: &io::Error) -> i32 {
 fn new_pipe() -> io::Result<Pipe> {
     let mut fds = [0; 2];
     // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
     // SAFETY: both fds were just created and are owned by no one else.
     unsafe {
         Ok(Pipe {

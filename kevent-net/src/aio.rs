@@ -1504,11 +1504,13 @@ impl Local {
         // `multi_attempt` may have starved some again.
         list.append(&mut self.starved);
         self.starved = list;
-        self.retry_at = if self.starved.is_empty() {
-            None
+        // A deadline already set stands (`expire` clears it first): no
+        // clock read per event while receives stay starved.
+        if self.starved.is_empty() {
+            self.retry_at = None;
         } else {
-            Some(Instant::now() + RETRY)
-        };
+            self.retry_at.get_or_insert_with(|| Instant::now() + RETRY);
+        }
     }
 
     /// A CQE of single-shot `id` (io_uring).
@@ -1806,8 +1808,11 @@ impl Storage for AioStorage {
         self.io.retry_at
     }
 
-    fn expire(&mut self, cx: &mut Context<'_>, _now: Instant) {
+    fn expire(&mut self, cx: &mut Context<'_>, now: Instant) {
         let mut t = lock(&self.shared.table);
+        if self.io.retry_at.is_some_and(|at| at <= now) {
+            self.io.retry_at = None;
+        }
         self.io.retry_starved(cx, &mut t);
     }
 }

@@ -143,10 +143,10 @@
 
 mod pool;
 
+use crate::sys::cvt;
 use kevent_core::io_uring::{cqueue, opcode, types};
 use kevent_core::{Backend, Context, Errno, Filter, Flags, Interest, Kevent, KnoteId, Kqueue};
 use kevent_core::{Readiness, Storage};
-use crate::sys::cvt;
 use pool::Pool;
 use rustc_hash::FxHashMap;
 use std::fmt;
@@ -1089,9 +1089,7 @@ fn ring_step(op: &mut Op, result: i32) -> Option<i64> {
                 Some(op.sent as i64)
             }
         }
-        Kind::Accept | Kind::Recv | Kind::AcceptMulti | Kind::RecvPooled => {
-            Some(i64::from(result))
-        }
+        Kind::Accept | Kind::Recv | Kind::AcceptMulti | Kind::RecvPooled => Some(i64::from(result)),
     }
 }
 

@@ -26,9 +26,8 @@ unsafe impl Send for Map {}
 impl Map {
     /// `len` bytes, zeroed; `populate` faults them in at once.
     pub(crate) fn new(len: usize, populate: bool) -> io::Result<Map> {
-        let flags = libc::MAP_PRIVATE
-            | libc::MAP_ANONYMOUS
-            | if populate { libc::MAP_POPULATE } else { 0 };
+        let flags =
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | if populate { libc::MAP_POPULATE } else { 0 };
         // SAFETY: an anonymous private mapping with no address hint and no
         // fd; the result is checked below.
         let p = unsafe {

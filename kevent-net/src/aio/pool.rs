@@ -118,7 +118,11 @@ impl Pool {
         debug_assert!(bid < self.count, "bid {bid} of {}", self.count);
         // SAFETY: `bid < count`, so the offset stays inside the mapping of
         // `count * size` bytes.
-        unsafe { self.bufs.as_ptr().add(usize::from(bid) * self.size as usize) }
+        unsafe {
+            self.bufs
+                .as_ptr()
+                .add(usize::from(bid) * self.size as usize)
+        }
     }
 
     /// List mode: take a free buffer.

@@ -143,6 +143,7 @@
 
 mod pool;
 
+use crate::sys::cvt;
 use kevent_core::io_uring::{cqueue, opcode, types};
 use kevent_core::{Backend, Context, Errno, Filter, Flags, Interest, Kevent, KnoteId, Kqueue};
 use kevent_core::{Readiness, Storage};
@@ -322,9 +323,7 @@ impl Table {
     }
 
     fn get(&mut self, id: u64) -> Option<&mut Op> {
-        let key = (id & 0xffff_ffff) as usize;
-        let gen = (id >> 32) as u32;
-        self.slots.get_mut(key)?.as_mut().filter(|op| op.gen == gen)
+        slot(&mut self.slots, id)
     }
 
     fn remove(&mut self, id: u64) {
@@ -346,18 +345,7 @@ impl Table {
 
     /// Queue a result on multishot op `id`.
     fn push_res(&mut self, id: u64, res: i64, bid: u32) {
-        let key = (id & 0xffff_ffff) as usize;
-        let Table {
-            slots,
-            res: list,
-            res_free,
-            ..
-        } = self;
-        let gen = (id >> 32) as u32;
-        let Some(Some(op)) = slots
-            .get_mut(key)
-            .filter(|o| o.as_ref().is_some_and(|o| o.gen == gen))
-        else {
+        let Some(op) = slot(&mut self.slots, id) else {
             return;
         };
         let entry = Res {
@@ -365,9 +353,10 @@ impl Table {
             res,
             bid,
         };
-        let i = if *res_free != NIL {
-            let i = *res_free;
-            *res_free = list[i as usize].next;
+        let list = &mut self.res;
+        let i = if self.res_free != NIL {
+            let i = self.res_free;
+            self.res_free = list[i as usize].next;
             list[i as usize] = entry;
             i
         } else {
@@ -386,27 +375,19 @@ impl Table {
 
     /// Take the oldest result of multishot op `id`: `(result, bid)`.
     fn pop_res(&mut self, id: u64) -> Option<(i64, u32)> {
-        let key = (id & 0xffff_ffff) as usize;
-        let Table {
-            slots,
-            res: list,
-            res_free,
-            ..
-        } = self;
-        let gen = (id >> 32) as u32;
-        let op = slots.get_mut(key)?.as_mut().filter(|o| o.gen == gen)?;
+        let op = slot(&mut self.slots, id)?;
         if op.q.head == NIL {
             return None;
         }
         let i = op.q.head;
-        let e = list[i as usize];
+        let e = self.res[i as usize];
         op.q.head = e.next;
         if op.q.head == NIL {
             op.q.tail = NIL;
         }
         op.q.len -= 1;
-        list[i as usize].next = *res_free;
-        *res_free = i;
+        self.res[i as usize].next = self.res_free;
+        self.res_free = i;
         Some((e.res, e.bid))
     }
 
@@ -430,6 +411,14 @@ impl Table {
             }
         }
     }
+}
+
+/// The live op `id` (slot and generation) of `slots`: a free function so
+/// the table's other fields stay borrowable beside it.
+fn slot(slots: &mut [Option<Op>], id: u64) -> Option<&mut Op> {
+    let key = (id & 0xffff_ffff) as usize;
+    let gen = (id >> 32) as u32;
+    slots.get_mut(key)?.as_mut().filter(|op| op.gen == gen)
 }
 
 /// Close an accepted fd nobody will see.
@@ -913,9 +902,7 @@ fn os_errno(e: &io::Error) -> i32 {
 fn new_pipe() -> io::Result<Pipe> {
     let mut fds = [0; 2];
     // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
     // SAFETY: both fds were just created and are owned by no one else.
     unsafe {
         Ok(Pipe {
@@ -1007,14 +994,102 @@ fn attempt(op: &mut Op) -> Try {
         match r {
             (libc::EINTR, _) => continue,
             (e, dir) if e == libc::EAGAIN || e == libc::EWOULDBLOCK => return Try::Again(dir),
-            (e, _) => {
-                return Try::Done(if op.sent > 0 {
+            (e, _) => return Try::Done(partial(op.sent, e)),
+        }
+    }
+}
+
+/// The result of an op that stopped on `errno` after sending `sent`
+/// bytes: the bytes if any (a partial send is reported as such), else
+/// `-errno`.
+fn partial(sent: usize, errno: i32) -> i64 {
+    if sent > 0 {
+        sent as i64
+    } else {
+        -i64::from(errno)
+    }
+}
+
+/// Single-shot `op`'s step completed with `result` (io_uring): its final
+/// result, or `None` when the next step is to be submitted (the rest of a
+/// send, a sendfile's next splice or its poll for room).
+fn ring_step(op: &mut Op, result: i32) -> Option<i64> {
+    let cancel = op.cancel;
+    match &mut op.kind {
+        Kind::Sendfile {
+            offset,
+            len,
+            chunk,
+            phase,
+            pipe,
+            ..
+        } => {
+            if *phase == 0 {
+                if result > 0 && !cancel {
+                    *chunk = result as usize;
+                    *offset += result as u64;
+                    *phase = 1;
+                    return None;
+                }
+                // End of file (0), an error or a cancel: the pipe is
+                // empty unless a cancel raced a result.
+                if result > 0 {
+                    drop(pipe.take());
+                }
+                Some(if result >= 0 {
                     op.sent as i64
                 } else {
-                    -i64::from(e)
+                    partial(op.sent, -result)
                 })
+            } else if *phase == 2 {
+                // The socket is writable (or the poll failed: the splice
+                // will say why).
+                if cancel {
+                    drop(pipe.take());
+                    return Some(partial(op.sent, libc::ECANCELED));
+                }
+                *phase = 1;
+                None
+            } else if result == -libc::EAGAIN && !cancel {
+                // A non-blocking socket is full: wait for room.
+                *phase = 2;
+                None
+            } else if result > 0 {
+                op.sent += result as usize;
+                if result as usize == *chunk && op.sent < *len && !cancel {
+                    *phase = 0;
+                    None
+                } else if (result as usize) < *chunk && !cancel {
+                    // A short pipe → socket splice: send the rest of the
+                    // pipe.
+                    *chunk -= result as usize;
+                    None
+                } else {
+                    if (result as usize) < *chunk {
+                        // Bytes left in the pipe: it cannot be reused.
+                        drop(pipe.take());
+                    }
+                    Some(op.sent as i64)
+                }
+            } else {
+                drop(pipe.take());
+                Some(partial(op.sent, -result))
             }
         }
+        Kind::Send => {
+            if result > 0 {
+                op.sent += result as usize;
+            }
+            let len = op.buf.as_ref().map_or(0, Vec::len);
+            if result > 0 && op.sent < len && !cancel {
+                None
+            } else if result < 0 {
+                Some(partial(op.sent, -result))
+            } else {
+                Some(op.sent as i64)
+            }
+        }
+        Kind::Accept | Kind::Recv | Kind::AcceptMulti | Kind::RecvPooled => Some(i64::from(result)),
     }
 }
 
@@ -1053,8 +1128,8 @@ impl Local {
     /// Arm op `id` (io_uring) or try it (epoll), at attach or after a
     /// transparent resubmission.
     fn start(&mut self, cx: &mut Context<'_>, t: &mut Table, id: u64) -> Result<(), Errno> {
-        let multi = t.get(id).ok_or(libc::ENOENT)?.kind.multi();
-        let pooled = matches!(t.get(id).map(|o| &o.kind), Some(Kind::RecvPooled));
+        let kind = &t.get(id).ok_or(libc::ENOENT)?.kind;
+        let (multi, pooled) = (kind.multi(), matches!(kind, Kind::RecvPooled));
         if pooled {
             Local::ensure_pool(cx, t)?;
         }
@@ -1075,11 +1150,8 @@ impl Local {
             Try::Again(dir) => {
                 let fd = op.fd;
                 if let Err(e) = self.wait_ready(cx, id, fd, dir) {
-                    let r = match t.get(id) {
-                        Some(op) if op.sent > 0 => op.sent as i64,
-                        _ => -i64::from(e),
-                    };
-                    self.finish(cx, t, id, r);
+                    let sent = t.get(id).map_or(0, |o| o.sent);
+                    self.finish(cx, t, id, partial(sent, e));
                 }
             }
         }
@@ -1225,9 +1297,7 @@ impl Local {
         op.st = St::Done;
         op.kernel = false;
         op.result = result;
-        let fd = op.fd;
-        self.stream_ended(fd, result);
-        let Some(op) = t.get(id) else { return };
+        self.stream_ended(op.fd, result);
         if let Kind::Sendfile { pipe, phase, .. } = &mut op.kind {
             // The kernel is done with the pipe: back to the idle list if
             // it is empty (the last step drained it: phase 0; a step that
@@ -1254,6 +1324,21 @@ impl Local {
         t.maybe_free(id);
     }
 
+    /// Cancel epoll op `id` (pending, never in the kernel) at once: off
+    /// its fd's waiter list and final with `-ECANCELED` (a send: the bytes
+    /// sent, if any).
+    fn cancel_now(&mut self, cx: &mut Context<'_>, t: &mut Table, id: u64) {
+        let Some(op) = t.get(id) else { return };
+        if op.kind.multi() {
+            // `end` takes it off the waiter list and out of starvation.
+            self.end(cx, t, id, -i64::from(libc::ECANCELED));
+            return;
+        }
+        let (fd, sent) = (op.fd, op.sent);
+        self.unwait(fd, id);
+        self.finish(cx, t, id, partial(sent, libc::ECANCELED));
+    }
+
     /// Multishot `id` ended: queue its last result and report it, or,
     /// with no knote left, discard everything.
     fn end(&mut self, cx: &mut Context<'_>, t: &mut Table, id: u64, last: i64) {
@@ -1267,7 +1352,6 @@ impl Local {
             self.unwait(fd, id);
         }
         self.stream_ended(fd, last);
-        let Some(op) = t.get(id) else { return };
         let kn = op.knote.filter(|&kn| cx.try_knote_mut(kn).is_some());
         match kn {
             Some(kn) => {
@@ -1418,136 +1502,40 @@ impl Local {
         // `multi_attempt` may have starved some again.
         list.append(&mut self.starved);
         self.starved = list;
-        self.retry_at = if self.starved.is_empty() {
-            None
+        // A deadline already set stands (`expire` clears it first): no
+        // clock read per event while receives stay starved.
+        if self.starved.is_empty() {
+            self.retry_at = None;
         } else {
-            Some(Instant::now() + RETRY)
-        };
+            self.retry_at.get_or_insert_with(|| Instant::now() + RETRY);
+        }
     }
 
     /// A CQE of single-shot `id` (io_uring).
     fn single_cqe(&mut self, cx: &mut Context<'_>, t: &mut Table, id: u64, result: i32) {
         let Some(op) = t.get(id) else { return };
         op.kernel = false;
-        let res = i64::from(result);
-        let cancel = op.cancel;
         // Cancelled by the kernel, not by the user: the submitting thread
         // exited and nothing moved (see the module docs). Also a splice
         // interrupted (`EINTR`) before moving anything.
-        let kernel_cancel = !cancel
+        let kernel_cancel = !op.cancel
             && (result == -libc::ECANCELED
                 || (result == -libc::EINTR && matches!(op.kind, Kind::Sendfile { .. })))
             && op.resubmits < MAX_RESUBMITS;
-        if kernel_cancel {
+        let fin = if kernel_cancel {
             op.resubmits += 1;
-            if let Err(e) = self.submit_ring(cx, t, id) {
-                let sent = t.get(id).map_or(0, |o| o.sent);
-                let r = if sent > 0 { sent as i64 } else { -i64::from(e) };
-                self.finish(cx, t, id, r);
-            }
-            return;
-        }
-        let mut again = false;
-        let fin = match &mut op.kind {
-            Kind::Sendfile {
-                offset,
-                len,
-                chunk,
-                phase,
-                pipe,
-                ..
-            } => {
-                if *phase == 0 {
-                    if result > 0 && !cancel {
-                        *chunk = result as usize;
-                        *offset += result as u64;
-                        *phase = 1;
-                        again = true;
-                        None
-                    } else {
-                        // End of file (0), an error or a cancel: the pipe
-                        // is empty unless a cancel raced a result.
-                        if result > 0 {
-                            drop(pipe.take());
-                        }
-                        Some(if op.sent > 0 || result >= 0 {
-                            op.sent as i64
-                        } else {
-                            res
-                        })
-                    }
-                } else if *phase == 2 {
-                    // The socket is writable (or the poll failed: the
-                    // splice will say why).
-                    if cancel {
-                        drop(pipe.take());
-                        Some(if op.sent > 0 {
-                            op.sent as i64
-                        } else {
-                            -i64::from(libc::ECANCELED)
-                        })
-                    } else {
-                        *phase = 1;
-                        again = true;
-                        None
-                    }
-                } else if result == -libc::EAGAIN && !cancel {
-                    // A non-blocking socket is full: wait for room.
-                    *phase = 2;
-                    again = true;
-                    None
-                } else if result > 0 {
-                    op.sent += result as usize;
-                    if result as usize == *chunk && op.sent < *len && !cancel {
-                        *phase = 0;
-                        again = true;
-                        None
-                    } else if (result as usize) < *chunk && !cancel {
-                        // A short pipe → socket splice: send the rest of
-                        // the pipe.
-                        *chunk -= result as usize;
-                        again = true;
-                        None
-                    } else {
-                        if (result as usize) < *chunk {
-                            // Bytes left in the pipe: it cannot be reused.
-                            drop(pipe.take());
-                        }
-                        Some(op.sent as i64)
-                    }
-                } else {
-                    drop(pipe.take());
-                    Some(if op.sent > 0 { op.sent as i64 } else { res })
-                }
-            }
-            Kind::Send => {
-                if result > 0 {
-                    op.sent += result as usize;
-                }
-                let len = op.buf.as_ref().map_or(0, Vec::len);
-                if result > 0 && op.sent < len && !cancel {
-                    again = true;
-                    None
-                } else if result < 0 && op.sent > 0 {
-                    Some(op.sent as i64)
-                } else if result < 0 {
-                    Some(res)
-                } else {
-                    Some(op.sent as i64)
-                }
-            }
-            Kind::Accept | Kind::Recv | Kind::AcceptMulti | Kind::RecvPooled => Some(res),
+            None
+        } else {
+            ring_step(op, result)
         };
-        if again {
-            if let Err(e) = self.submit_ring(cx, t, id) {
-                let sent = t.get(id).map_or(0, |o| o.sent);
-                let r = if sent > 0 { sent as i64 } else { -i64::from(e) };
-                self.finish(cx, t, id, r);
+        match fin {
+            Some(r) => self.finish(cx, t, id, r),
+            None => {
+                if let Err(e) = self.submit_ring(cx, t, id) {
+                    let sent = t.get(id).map_or(0, |o| o.sent);
+                    self.finish(cx, t, id, partial(sent, e));
+                }
             }
-            return;
-        }
-        if let Some(r) = fin {
-            self.finish(cx, t, id, r);
         }
     }
 
@@ -1694,22 +1682,7 @@ impl Storage for AioStorage {
             cx.cancel_op(id).map_err(|e| os_errno(&e))?;
             return Ok(());
         }
-        let (fd, sent, multi) = (op.fd, op.sent, op.kind.multi());
-        op.starved = false;
-        self.io.unwait(fd, id);
-        if multi {
-            if let Some(op) = t.get(id) {
-                op.watching = false;
-            }
-            self.io.end(cx, &mut t, id, -i64::from(libc::ECANCELED));
-            return Ok(());
-        }
-        let r = if sent > 0 {
-            sent as i64
-        } else {
-            -i64::from(libc::ECANCELED)
-        };
-        self.io.finish(cx, &mut t, id, r);
+        self.io.cancel_now(cx, &mut t, id);
         Ok(())
     }
 
@@ -1733,17 +1706,7 @@ impl Storage for AioStorage {
                 op.cancel = true;
                 let _ = cx.cancel_op(id);
             }
-            St::Pending => {
-                let (fd, multi) = (op.fd, op.kind.multi());
-                op.starved = false;
-                op.watching = false;
-                self.io.unwait(fd, id);
-                if multi {
-                    self.io.end(cx, &mut t, id, -i64::from(libc::ECANCELED));
-                } else {
-                    self.io.finish(cx, &mut t, id, -i64::from(libc::ECANCELED));
-                }
-            }
+            St::Pending => self.io.cancel_now(cx, &mut t, id),
         }
     }
 
@@ -1843,8 +1806,11 @@ impl Storage for AioStorage {
         self.io.retry_at
     }
 
-    fn expire(&mut self, cx: &mut Context<'_>, _now: Instant) {
+    fn expire(&mut self, cx: &mut Context<'_>, now: Instant) {
         let mut t = lock(&self.shared.table);
+        if self.io.retry_at.is_some_and(|at| at <= now) {
+            self.io.retry_at = None;
+        }
         self.io.retry_starved(cx, &mut t);
     }
 }
@@ -1873,7 +1839,7 @@ impl Drop for AioStorage {
         if kernel {
             if let Some(p) = &mut t.pool {
                 // A receive may still pick a buffer from the ring.
-                p.leak = true;
+                p.leak();
             }
         }
     }

@@ -26,6 +26,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#[cfg(not(loom))]
+mod bufring;
 mod channel;
 mod loom;
 #[cfg(not(loom))]

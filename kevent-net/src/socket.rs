@@ -38,6 +38,7 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+use crate::sys::cvt;
 use kevent_core::{note, Filter, Flags, Kevent, Kqueue};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::fmt;
@@ -521,7 +522,7 @@ impl TcpListener {
         let v = libc::c_int::try_from(secs).unwrap_or(libc::c_int::MAX);
         // SAFETY: `v` is a valid c_int for reads during the call and the
         // length passed is its size.
-        let r = unsafe {
+        cvt(unsafe {
             libc::setsockopt(
                 self.inner.as_raw_fd(),
                 libc::IPPROTO_TCP,
@@ -529,12 +530,8 @@ impl TcpListener {
                 (&v as *const libc::c_int).cast(),
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             )
-        };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        })
+        .map(drop)
     }
 
     registration_methods!();

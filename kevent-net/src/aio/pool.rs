@@ -18,51 +18,8 @@
 //! result, a [`PooledBuf`](super::PooledBuf) the user holds, or (ring
 //! mode) the kernel. `put` is the only way back.
 
+use crate::bufring::{BufRing, Map};
 use std::io;
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU16, Ordering::Release};
-
-/// `struct io_uring_buf`: one slot of a provided-buffer ring; the tail
-/// lives in slot 0's `resv`.
-#[repr(C)]
-struct RingSlot {
-    addr: u64,
-    len: u32,
-    bid: u16,
-    resv: u16,
-}
-
-const _: () = assert!(std::mem::size_of::<RingSlot>() == 16);
-
-/// A private anonymous mapping, unmapped on drop unless `leak`ed.
-#[derive(Debug)]
-struct Map {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-impl Map {
-    fn new(len: usize) -> io::Result<Map> {
-        // SAFETY: an anonymous private mapping with no address hint and no
-        // fd; the result is checked below.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        NonNull::new(p.cast())
-            .map(|ptr| Map { ptr, len })
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))
-    }
-}
 
 /// Which side keeps the free buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +35,7 @@ pub(super) enum Mode {
 #[derive(Debug)]
 pub(super) struct Pool {
     bufs: Map,
-    ring: Option<Map>,
+    ring: Option<BufRing>,
     count: u16,
     size: u32,
     mode: Mode,
@@ -89,15 +46,7 @@ pub(super) struct Pool {
     /// Buffers out of the pool (queued results, users' hands, and in list
     /// mode nothing else). Ring mode: `count - out` are in the ring.
     out: u32,
-    /// The kernel may still write into the buffers (the queue went away
-    /// with receives in flight): never unmap them.
-    pub(super) leak: bool,
 }
-
-// SAFETY: the mappings are plain memory owned by this value; every access
-// goes through `&mut self` under the AIO table's lock, or (buffer bytes)
-// through a `PooledBuf` that owns its buffer exclusively.
-unsafe impl Send for Pool {}
 
 /// Largest buffer a pool hands out (and the kernel's `len` is a u32).
 pub(super) const MAX_SIZE: u32 = 1 << 20;
@@ -113,37 +62,29 @@ impl Pool {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
         let bytes = usize::from(count) * size as usize;
-        let bufs = Map::new(bytes)?;
-        let is_ring = ring;
-        let ring = if is_ring {
-            Some(Map::new(
-                (usize::from(count) * std::mem::size_of::<RingSlot>()).max(4096),
-            )?)
-        } else {
-            None
-        };
         Ok(Pool {
-            bufs,
-            ring,
+            bufs: Map::new(bytes, false)?,
+            ring: if ring {
+                Some(BufRing::new(count)?)
+            } else {
+                None
+            },
             count,
             size,
             mode: Mode::List,
             tail: 0,
-            free: if is_ring {
+            free: if ring {
                 Vec::new()
             } else {
                 (0..count).rev().collect()
             },
             out: 0,
-            leak: false,
         })
     }
 
     /// The ring's address and size, to register (ring mode).
     pub(super) fn ring_addr(&self) -> Option<(u64, u16)> {
-        self.ring
-            .as_ref()
-            .map(|m| (m.ptr.as_ptr() as u64, self.count))
+        self.ring.as_ref().map(|r| (r.as_addr(), self.count))
     }
 
     /// The ring is registered as group `bgid`: publish every buffer.
@@ -179,7 +120,6 @@ impl Pool {
         // `count * size` bytes.
         unsafe {
             self.bufs
-                .ptr
                 .as_ptr()
                 .add(usize::from(bid) * self.size as usize)
         }
@@ -220,54 +160,33 @@ impl Pool {
     }
 
     /// Write `bid` into the slot at our tail and advance it (not yet
-    /// visible to the kernel: see `store_tail`).
+    /// visible to the kernel: see `store_tail`). At most `count - 1`
+    /// buffers are published when one is ours to write, so the slot is not
+    /// the kernel's.
     fn write_slot(&mut self, bid: u16) {
         let Some(ring) = &self.ring else { return };
-        let i = usize::from(self.tail & (self.count - 1));
-        let base = ring.ptr.as_ptr().cast::<RingSlot>();
-        let addr = self.addr(bid) as u64;
-        // SAFETY: `i < count`, inside the ring mapping. The slot lies at
-        // or past the published tail, so the kernel does not read it (at
-        // most `count - 1` buffers are published when one is ours to
-        // write). Fields are written one by one so slot 0's `resv` (the
-        // tail) is left alone.
-        unsafe {
-            let s = base.add(i);
-            std::ptr::addr_of_mut!((*s).addr).write(addr);
-            std::ptr::addr_of_mut!((*s).len).write(self.size);
-            std::ptr::addr_of_mut!((*s).bid).write(bid);
-        }
+        ring.write(self.tail, self.addr(bid) as u64, self.size, bid);
         self.tail = self.tail.wrapping_add(1);
     }
 
     /// Publish the slots written so far.
     fn store_tail(&self) {
-        let Some(ring) = &self.ring else { return };
-        let base = ring.ptr.as_ptr().cast::<RingSlot>();
-        // SAFETY: slot 0's `resv` is a 2-aligned u16 inside the mapping,
-        // shared with the kernel and only accessed atomically.
-        let tail = unsafe { AtomicU16::from_ptr(std::ptr::addr_of_mut!((*base).resv)) };
-        // Release: the slot writes are visible before the kernel sees the
-        // new tail (liburing's io_uring_buf_ring_advance).
-        tail.store(self.tail, Release);
+        if let Some(ring) = &self.ring {
+            ring.publish(self.tail);
+        }
+    }
+
+    /// The kernel may still write into the buffers (the queue went away
+    /// with receives in flight): never unmap them, nor the ring.
+    pub(super) fn leak(&mut self) {
+        self.bufs.leak();
+        if let Some(r) = &mut self.ring {
+            r.leak();
+        }
     }
 }
 
 /// Whether `count` buffers of `size` bytes make a valid pool.
 pub(super) fn valid(count: u16, size: u32) -> bool {
     count.is_power_of_two() && count <= MAX_COUNT && (1..=MAX_SIZE).contains(&size)
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        if self.leak {
-            return;
-        }
-        for m in [Some(&self.bufs), self.ring.as_ref()].into_iter().flatten() {
-            // SAFETY: a mapping made by `Map::new`, unmapped once. No
-            // receive can write into the buffers (`leak` is false), and the
-            // kernel keeps its own pinned view of the ring.
-            unsafe { libc::munmap(m.ptr.as_ptr().cast(), m.len) };
-        }
-    }
 }

@@ -25,11 +25,11 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU16, Ordering::Release};
 
 use io_uring::{cqueue, opcode, types, IoUring};
 
 use super::{Sink, NAME_LEN};
+use crate::bufring::BufRing;
 use crate::source::mmsg::count_error;
 use crate::Notifier;
 
@@ -57,105 +57,10 @@ struct RecvMsgOut {
 
 const _: () = assert!(std::mem::size_of::<RecvMsgOut>() == super::NAME_OFFSET);
 
-/// `struct io_uring_buf`.
-#[repr(C)]
-struct RingBuf {
-    addr: u64,
-    len: u32,
-    bid: u16,
-    resv: u16,
-}
-
-/// The anonymous mapping holding the buffer ring.
-struct BufRing {
-    ptr: *mut RingBuf,
-    entries: u16,
-    len: usize,
-    /// Never unmap: the kernel may still use the ring (see `shutdown`).
-    leak: bool,
-}
-
-impl BufRing {
-    fn new(entries: u16) -> io::Result<Self> {
-        let len = (usize::from(entries) * std::mem::size_of::<RingBuf>()).max(4096);
-        // SAFETY: anonymous private mapping, no fd, no address hint.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Self {
-            ptr: p.cast(),
-            entries,
-            len,
-            leak: false,
-        })
-    }
-
-    fn mask(&self) -> u16 {
-        self.entries - 1
-    }
-
-    /// The shared tail (`resv` of slot 0).
-    fn tail(&self) -> &AtomicU16 {
-        // SAFETY: `resv` of slot 0 is a 2-aligned u16 inside the mapping,
-        // only ever accessed atomically by us and the kernel.
-        unsafe { AtomicU16::from_ptr(std::ptr::addr_of_mut!((*self.ptr).resv)) }
-    }
-
-    /// Writes slot `pos & mask` (not its `resv`, which is the tail when
-    /// `pos & mask == 0`).
-    fn write(&self, pos: u16, addr: u64, len: u32, bid: u16) {
-        let i = usize::from(pos & self.mask());
-        // SAFETY: `i < entries`, inside the mapping; the slot is not yet
-        // published (it lies at or past the tail), so the kernel does not
-        // read it; fields are written one by one to leave `resv` alone.
-        unsafe {
-            let s = self.ptr.add(i);
-            std::ptr::addr_of_mut!((*s).addr).write(addr);
-            std::ptr::addr_of_mut!((*s).len).write(len);
-            std::ptr::addr_of_mut!((*s).bid).write(bid);
-        }
-    }
-
-    /// The address in slot `pos & mask`: what the kernel was given.
-    fn addr(&self, pos: u16) -> u64 {
-        let i = usize::from(pos & self.mask());
-        // SAFETY: inside the mapping; the kernel only reads the slots.
-        unsafe { std::ptr::addr_of!((*self.ptr.add(i)).addr).read() }
-    }
-
-    /// The buffer id in slot `pos & mask`.
-    fn bid(&self, pos: u16) -> u16 {
-        let i = usize::from(pos & self.mask());
-        // SAFETY: inside the mapping; read only once the kernel no longer
-        // uses the ring (after unregistering) or for a slot we wrote.
-        unsafe { std::ptr::addr_of!((*self.ptr.add(i)).bid).read() }
-    }
-}
-
-impl Drop for BufRing {
-    fn drop(&mut self) {
-        if self.leak {
-            return;
-        }
-        // SAFETY: the mapping made in `new`, unmapped once; the kernel's
-        // registration is gone (unregistered, or the ring fd closed first:
-        // `UringRx` drops its ring before this field).
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
-
 pub(crate) struct UringRx {
     ring: IoUring,
+    /// Unmapped after `ring` is dropped (field order), which takes the
+    /// registration with it, unless `shutdown` leaked it.
     br: BufRing,
     /// Next slot we publish.
     tail: u16,
@@ -212,7 +117,7 @@ impl UringRx {
         // before `br`, takes the registration with it).
         unsafe {
             ring.submitter()
-                .register_buf_ring_with_flags(br.ptr as u64, entries, BGID, 0)
+                .register_buf_ring_with_flags(br.as_addr(), entries, BGID, 0)
         }
         .map_err(|e| io::Error::new(io::ErrorKind::Unsupported, e))?;
         // SAFETY: all-zero msghdr is valid; only the lengths matter.
@@ -240,7 +145,7 @@ impl UringRx {
     }
 
     pub(crate) fn entries(&self) -> u16 {
-        self.br.entries
+        self.br.entries()
     }
 
     /// The eventfd a queue watches: readable when completions wait to be
@@ -260,7 +165,7 @@ impl UringRx {
 
     /// Tops the buffer ring up from the pool and publishes the new tail.
     fn fill(&mut self, sink: &mut Sink) {
-        let want = usize::from(self.br.entries) - self.in_ring();
+        let want = usize::from(self.br.entries()) - self.in_ring();
         if want == 0 {
             return;
         }
@@ -280,7 +185,7 @@ impl UringRx {
         }
         // Release: the slot writes are visible before the kernel sees the
         // tail (liburing's io_uring_buf_ring_advance).
-        self.br.tail().store(self.tail, Release);
+        self.br.publish(self.tail);
         self.refill.clear();
     }
 
@@ -446,7 +351,7 @@ impl UringRx {
         if self.armed {
             // The kernel may still own every buffer in the ring: leak them,
             // and the ring's mapping with them.
-            self.br.leak = true;
+            self.br.leak();
             return false;
         }
         if self.registered && self.ring.submitter().unregister_buf_ring(BGID).is_ok() {

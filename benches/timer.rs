@@ -486,21 +486,13 @@ fn summary() {
             Box::new(|| fds.round(&batch[..FD_BATCH], &fd_order)),
         ),
     ];
-    if let Some(k) = kq_epoll.as_mut() {
-        v.push((
-            "arm_10k/kevent_epoll",
-            ARM as u64,
-            10,
-            Box::new(|| k.round()),
-        ));
-    }
-    if let Some(k) = kq_uring.as_mut() {
-        v.push((
-            "arm_10k/kevent_uring",
-            ARM as u64,
-            10,
-            Box::new(|| k.round()),
-        ));
+    for (name, k) in [
+        ("arm_10k/kevent_epoll", kq_epoll.as_mut()),
+        ("arm_10k/kevent_uring", kq_uring.as_mut()),
+    ] {
+        if let Some(k) = k {
+            v.push((name, ARM as u64, 10, Box::new(move || k.round())));
+        }
     }
     v.push((
         "arm_10k/tokio_sleep_reset",

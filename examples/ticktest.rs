@@ -551,6 +551,13 @@ impl Report {
         }
     }
 
+    /// Keeps the Ticker's health: its clock, thread and spin lines (the
+    /// statistics are printed from the report's own) and its JSON.
+    fn set_ticker_health(&mut self, h: &Health) {
+        self.health = Some(h.to_string().lines().take(3).collect::<Vec<_>>().join("\n"));
+        self.health_json = health_json(h);
+    }
+
     /// The tick thread's CPU time as a share of the wall time (% of a core).
     fn cpu_percent(&self) -> Option<f64> {
         (self.wall_ns > 0).then(|| self.cpu_ns as f64 * 100.0 / self.wall_ns as f64)
@@ -577,9 +584,9 @@ impl Report {
         each: &mut dyn FnMut(f64),
     ) -> io::Result<()> {
         let samples_per_tick = SAMPLES_PER_MS * 1000.0 / f64::from(rate);
-        // Statistics of this run only: a gap between two runs (other
-        // sources' passes) is not a gap of this source.
-        let mut stats = TickStats::new(self.stats_period);
+        // Statistics of one pass at a time, merged into the report's: a
+        // gap between two passes (other sources' passes) is not a gap of
+        // this source.
         let mut pass = TickStats::new(self.stats_period);
         let spin0 = src.health().map(|h| h.spin_time);
         let mut pass_start = src.next()?.now_ns;
@@ -613,12 +620,11 @@ impl Report {
             self.total_time += ms;
             self.cpu_ns += cpu_now.saturating_sub(cpu_start);
             self.wall_ns += now - pass_start;
-            stats.merge(&pass);
+            self.stats.merge(&pass);
             pass_start = now;
             cpu_start = cpu_now;
             each(figure);
         }
-        self.stats.merge(&stats);
         if let Some(h) = src.health() {
             // Spin over the whole run (warm-up included: one wake in ~1000).
             self.spin_ns += (h.spin_time - spin0.unwrap_or_default()).as_nanos() as u64;
@@ -727,7 +733,7 @@ fn kevent_config(args: &Args, h: &Health) -> String {
         given.push("--spin");
     }
     format!(
-        "{} ({:?}, spin {}){}{}",
+        "{} ({:?}, spin {}){}",
         if given.is_empty() {
             "Ticker::builder() defaults".to_string()
         } else {
@@ -735,9 +741,16 @@ fn kevent_config(args: &Args, h: &Health) -> String {
         },
         h.method,
         h.spin,
-        if args.rt { ", SCHED_FIFO 50" } else { "" },
-        args.cpu
-            .map_or(String::new(), |c| format!(", pinned to CPU {c}")),
+        thread_opts(args.rt, args.cpu),
+    )
+}
+
+/// ", SCHED_FIFO 50" and ", pinned to CPU n" as asked for.
+fn thread_opts(rt: bool, cpu: Option<usize>) -> String {
+    format!(
+        "{}{}",
+        if rt { ", SCHED_FIFO 50" } else { "" },
+        cpu.map_or(String::new(), |c| format!(", pinned to CPU {c}"))
     )
 }
 
@@ -902,11 +915,10 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     if args.compare && !args.json {
         println!("kevent:     {config}");
         println!(
-            "kqueue:     EVFILT_TIMER read with kevent() ({:?} backend, {:?} wake-up){}{}",
+            "kqueue:     EVFILT_TIMER read with kevent() ({:?} backend, {:?} wake-up){}",
             Backend::from(args.backend),
             Wakeup::from(args.wakeup),
-            if args.rt { ", SCHED_FIFO 50" } else { "" },
-            cpu.map_or(String::new(), |c| format!(", pinned to CPU {c}"))
+            thread_opts(args.rt, cpu)
         );
         println!(
             "timerfd:    plain periodic timerfd read loop (SCHED_OTHER, unpinned, default slack)"
@@ -944,11 +956,10 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         let mut report = Report::new("kqueue", period);
         report.run(&mut src, args.seconds, rate, &mut printer)?;
         report.health = Some(format!(
-            "source: EVFILT_TIMER in a kevent queue ({:?} backend, {:?} wake-up){}{}",
+            "source: EVFILT_TIMER in a kevent queue ({:?} backend, {:?} wake-up){}",
             src.kq.backend(),
             Wakeup::from(args.wakeup),
-            if args.rt { ", SCHED_FIFO 50" } else { "" },
-            cpu.map_or(String::new(), |c| format!(", pinned to CPU {c}"))
+            thread_opts(args.rt, cpu)
         ));
         vec![report]
     } else if !args.compare {
@@ -960,11 +971,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         let mut report = Report::new("kevent", period);
         let mut src = KeventSource(ticker);
         report.run(&mut src, args.seconds, rate, &mut printer)?;
-        let h = src.0.health();
-        // Clock, thread and spin lines; the statistics are printed from
-        // `report`.
-        report.health = Some(h.to_string().lines().take(3).collect::<Vec<_>>().join("\n"));
-        report.health_json = health_json(&h);
+        report.set_ticker_health(&src.0.health());
         vec![report]
     } else {
         let a = args.clone();
@@ -991,8 +998,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         // Health of kevent's ticker of the last pass: clock facts, and the
         // thread and spin as configured.
         if let Some(h) = reports[0].last_health.clone() {
-            reports[0].health = Some(h.to_string().lines().take(3).collect::<Vec<_>>().join("\n"));
-            reports[0].health_json = health_json(&h);
+            reports[0].set_ticker_health(&h);
         }
         reports
     };

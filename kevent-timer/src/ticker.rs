@@ -368,22 +368,21 @@ impl TickerBuilder {
         if spin != Spin::Off && self.method != WaitMethod::Nanosleep {
             return Err(TickerError::SpinNeedsNanosleep);
         }
-        let (spin_ns, estimator) = match spin {
-            Spin::Off => (0, None),
+        let estimator = match spin {
+            Spin::Off => None,
             Spin::Fixed(d) => {
-                let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-                if ns >= period_ns {
+                if d.as_nanos() >= u128::from(period_ns) {
                     return Err(TickerError::InvalidSpin(
                         "a fixed spin must be shorter than the period",
                     ));
                 }
-                (ns, None)
+                None
             }
             Spin::Adaptive(a) => {
                 if let Some(why) = a.invalid() {
                     return Err(TickerError::InvalidSpin(why));
                 }
-                (0, Some(Box::new(SpinEstimator::new(period_ns, &a))))
+                Some(Box::new(SpinEstimator::new(period_ns, &a)))
             }
         };
         if let Some(cpu) = self.cpu {
@@ -408,7 +407,6 @@ impl TickerBuilder {
             realtime: self.realtime,
             cpu: self.cpu,
             spin,
-            spin_ns,
             estimator,
             spin_total_ns: 0,
             since_ns: None,
@@ -460,8 +458,7 @@ pub struct Ticker {
     realtime: Option<i32>,
     cpu: Option<usize>,
     spin: Spin,
-    /// A fixed spin (0 if off or adaptive).
-    spin_ns: u64,
+    /// The adaptive spin's estimator (`Some` iff `spin` is adaptive).
     estimator: Option<Box<SpinEstimator>>,
     /// Time spent spinning since the statistics were reset.
     spin_total_ns: u64,
@@ -510,14 +507,15 @@ impl Ticker {
     /// accounting with them; the schedule, and what the adaptive spin has
     /// learnt, go on.
     pub fn reset_stats(&mut self) {
-        self.stats = TickStats::new(self.period());
+        self.stats.clear();
         self.spin_total_ns = 0;
-        self.since_ns = Some(sys::monotonic_ns());
+        let now = sys::monotonic_ns();
+        self.since_ns = Some(now);
         // The CPU clock is the tick thread's: read it there.
         self.cpu_base = None;
         self.cpu_last = None;
         if self.on_tick_thread() {
-            self.sample_cpu();
+            self.sample_cpu(now);
         }
     }
 
@@ -529,9 +527,11 @@ impl Ticker {
     }
 
     fn current_spin_ns(&self) -> u64 {
-        match &self.estimator {
-            Some(e) => e.spin_ns(),
-            None => self.spin_ns,
+        match (&self.estimator, self.spin) {
+            (Some(e), _) => e.spin_ns(),
+            // Shorter than the period (checked by `build`): fits a u64.
+            (None, Spin::Fixed(d)) => d.as_nanos() as u64,
+            _ => 0,
         }
     }
 
@@ -539,11 +539,12 @@ impl Ticker {
         self.thread == Some(thread::current().id())
     }
 
-    /// Reads the tick thread's CPU clock (call only on that thread).
-    fn sample_cpu(&mut self) {
+    /// Reads the tick thread's CPU clock (call only on that thread),
+    /// paired with `now`, the monotonic clock the caller just read.
+    fn sample_cpu(&mut self, now: u64) {
         self.wakes_since_cpu = 0;
         if let Ok(cpu) = sys::thread_cpu_ns() {
-            let sample = (cpu, sys::monotonic_ns());
+            let sample = (cpu, now);
             if self.cpu_base.is_none() {
                 self.cpu_base = Some(sample);
             }
@@ -569,8 +570,8 @@ impl Ticker {
             self.start()?;
         }
         let continuation = self.behind && self.policy == MissedTickPolicy::Catchup;
+        let mut now = sys::monotonic_ns();
         loop {
-            let now = sys::monotonic_ns();
             let st = match self.policy {
                 MissedTickPolicy::Catchup => catchup_step(self.schedule, now, self.catchup_cap),
                 p => step(p, self.schedule, now),
@@ -589,7 +590,7 @@ impl Ticker {
                 self.behind = self.schedule.next_deadline() <= now;
                 self.wakes_since_cpu += 1;
                 if self.wakes_since_cpu >= CPU_SAMPLE_WAKES || self.cpu_base.is_none() {
-                    self.sample_cpu();
+                    self.sample_cpu(now);
                 }
                 return Ok(Tick {
                     count: st.data,
@@ -601,20 +602,25 @@ impl Ticker {
             // Not due yet. A timerfd read can also return for an expiry the
             // clock already accounted for (read raced the grid): loop.
             let spin = self.current_spin_ns();
-            match &self.timerfd {
+            now = match &self.timerfd {
                 Some(tfd) => {
                     tfd.wait()?;
+                    sys::monotonic_ns()
                 }
-                None if spin == 0 => sys::sleep_until(self.schedule.next_deadline())?,
+                None if spin == 0 => {
+                    sys::sleep_until(self.schedule.next_deadline())?;
+                    sys::monotonic_ns()
+                }
                 None => self.sleep_and_spin(now, spin)?,
-            }
+            };
         }
     }
 
     /// Sleeps until `spin` before the next deadline, feeds the sleep's
     /// latency to the adaptive spin, then busy-waits on the clock until the
-    /// deadline. Never returns before it, so the caller's `step` delivers.
-    fn sleep_and_spin(&mut self, now: u64, spin: u64) -> Result<(), TickerError> {
+    /// deadline. Returns the clock read that reached it (the caller's `now`:
+    /// no second read), so the caller's `step` delivers.
+    fn sleep_and_spin(&mut self, now: u64, spin: u64) -> Result<u64, TickerError> {
         let deadline = self.schedule.next_deadline();
         let target = deadline.saturating_sub(spin);
         let mut t = now;
@@ -632,7 +638,7 @@ impl Ticker {
             t = sys::monotonic_ns();
         }
         self.spin_total_ns += t - from;
-        Ok(())
+        Ok(t)
     }
 
     /// The ticker's health: clock, measured tick, what spinning costs,

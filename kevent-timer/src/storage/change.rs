@@ -183,7 +183,7 @@ pub(super) fn parse(
     };
     // Saturate: a time too far to represent never comes.
     let value_ns = (data as u64).saturating_mul(unit_ns);
-    if fflags & note::ABSTIME != 0 {
+    let (first_ns, period_ns, sdata) = if fflags & note::ABSTIME != 0 {
         let Abs::Offset(offset) = abs else {
             return Err(libc::EINVAL);
         };
@@ -195,30 +195,23 @@ pub(super) fn parse(
         if mono < 0 {
             return Err(libc::EINVAL);
         }
-        return Ok(Spec {
-            first_ns: u64::try_from(mono).unwrap_or(u64::MAX),
-            period_ns: None,
-            policy,
-            cap,
-            sdata: data,
-        });
-    }
-    if oneshot {
-        return Ok(Spec {
-            first_ns: now_mono.saturating_add(value_ns),
-            period_ns: None,
-            policy,
-            cap,
-            sdata: data,
-        });
-    }
-    let period_ns = value_ns.max(unit_ns);
+        (u64::try_from(mono).unwrap_or(u64::MAX), None, data)
+    } else if oneshot {
+        (now_mono.saturating_add(value_ns), None, data)
+    } else {
+        let period_ns = value_ns.max(unit_ns);
+        (
+            now_mono.saturating_add(period_ns),
+            Some(period_ns),
+            data.max(1),
+        )
+    };
     Ok(Spec {
-        first_ns: now_mono.saturating_add(period_ns),
-        period_ns: Some(period_ns),
+        first_ns,
+        period_ns,
         policy,
         cap,
-        sdata: data.max(1),
+        sdata,
     })
 }
 

@@ -326,7 +326,9 @@ impl TimerStorage {
         const BUDGET: usize = 64;
         if let Some(d) = new {
             if self.waker.armed.is_none_or(|a| d < a) {
-                self.waker.lower(cx, d);
+                // The earliest deadline is now this one (the armed time
+                // is never after any deadline): no search needed.
+                self.waker.program(cx, Some(d));
                 return;
             }
         }

@@ -118,15 +118,6 @@ impl Waker {
         }
     }
 
-    /// Arms at `deadline` if that is earlier than what is armed: the
-    /// earliest deadline is then this one (the armed time is never after
-    /// any deadline), so no search is needed.
-    pub(super) fn lower(&mut self, cx: &mut Context<'_>, deadline: u64) {
-        if self.armed.is_none_or(|a| deadline < a) {
-            self.program(cx, Some(deadline));
-        }
-    }
-
     /// The timerfd reported readiness: it is disarmed now (one-shot). Its
     /// expiration count is not read: the queue watches it edge-triggered
     /// (every expiry wakes it again, read or not) and the next
@@ -172,7 +163,8 @@ impl Waker {
 /// An op's timespec lives in a boxed slot until that completion, so its
 /// address stays valid for the kernel however late the leader submits it
 /// (the kernel copies it when it prepares the SQE); slots are reused, so
-/// re-arming allocates nothing after warm-up.
+/// re-arming allocates nothing after warm-up. Every slot is either free
+/// or held by an op in flight.
 #[derive(Default)]
 struct UringTimer {
     // Boxed on purpose: the kernel holds each slot's address while the
@@ -180,8 +172,6 @@ struct UringTimer {
     #[allow(clippy::vec_box)]
     slots: Vec<Box<types::Timespec>>,
     free: Vec<u32>,
-    /// Ops submitted and not yet completed.
-    inflight: usize,
     /// Payload of the live timeout.
     live: Option<u64>,
     generation: u32,
@@ -224,16 +214,19 @@ impl UringTimer {
             self.free.push(slot);
             return Err(e);
         }
-        self.inflight += 1;
         self.live = Some(payload);
         Ok(())
+    }
+
+    /// Ops submitted and not yet completed: the slots not free.
+    fn inflight(&self) -> usize {
+        self.slots.len() - self.free.len()
     }
 
     /// Frees the op's slot; whether it was the live one.
     fn complete(&mut self, payload: u64) -> bool {
         let slot = (payload & SLOT_MASK) as u32;
-        if (slot as usize) < self.slots.len() && self.inflight > 0 {
-            self.inflight -= 1;
+        if (slot as usize) < self.slots.len() && self.inflight() > 0 {
             self.free.push(slot);
         }
         if self.live == Some(payload) {
@@ -246,7 +239,7 @@ impl UringTimer {
 
 impl Drop for UringTimer {
     fn drop(&mut self) {
-        if self.inflight > 0 {
+        if self.inflight() > 0 {
             // An op may still sit unsubmitted in the ring, which the queue
             // tears down after its storages: leave its timespec valid (16
             // bytes a slot, usually one or two per queue) rather than free

@@ -192,6 +192,12 @@ impl Probe {
     }
 }
 
+/// The knote's subscription, `(sfflags, sdata)`, as [`ProbeLog`] keeps it.
+fn subscription(cx: &Context<'_>, kn: KnoteId) -> (u32, i64) {
+    let k = cx.knote(kn);
+    (k.sfflags(), k.sdata())
+}
+
 impl Storage for Probe {
     fn filters(&self) -> &'static [Filter] {
         self.inner.filters()
@@ -199,23 +205,15 @@ impl Storage for Probe {
     fn attach(&mut self, cx: &mut Context<'_>, kn: KnoteId) -> Result<(), Errno> {
         let r = self.inner.attach(cx, kn);
         if r.is_ok() {
-            let k = cx.knote(kn);
-            self.log
-                .lock()
-                .unwrap()
-                .after_attach
-                .push((k.sfflags(), k.sdata()));
+            let sub = subscription(cx, kn);
+            self.log.lock().unwrap().after_attach.push(sub);
         }
         r
     }
     fn modify(&mut self, cx: &mut Context<'_>, kn: KnoteId, ch: &Kevent) -> Result<(), Errno> {
         let r = self.inner.modify(cx, kn, ch);
-        let k = cx.knote(kn);
-        self.log
-            .lock()
-            .unwrap()
-            .after_modify
-            .push((k.sfflags(), k.sdata()));
+        let sub = subscription(cx, kn);
+        self.log.lock().unwrap().after_modify.push(sub);
         r
     }
     fn detach(&mut self, cx: &mut Context<'_>, kn: KnoteId) {

@@ -108,8 +108,7 @@ impl Worker {
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                     // The knote is edge-triggered: refuse the rest of the
                     // backlog too rather than leave it without an edge.
-                    let fd = l.as_raw_fd();
-                    match self.base.reserve.refuse_one(fd, &mut self.base.stats) {
+                    match self.base.reserve.refuse_one(l, &mut self.base.stats) {
                         Refusal::Refused => {}
                         Refusal::Empty => return,
                         Refusal::NoReserve => {

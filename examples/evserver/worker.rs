@@ -270,17 +270,18 @@ impl<C> Base<C> {
 
     /// The wait's timeout: the next sweep (without a timer knote), the
     /// end of an accept pause, and a short poll while draining.
+    /// The clock is read only when one of them is due (not in the steady
+    /// state with a timer knote).
     fn timeout(&self) -> Option<Duration> {
-        let now = Instant::now();
-        let mut t = (!self.timer_knote)
-            .then(|| (self.last_sweep + self.sweep_every).saturating_duration_since(now));
-        if let Some(p) = self.resume_at {
-            let p = p.saturating_duration_since(now);
-            t = Some(t.map_or(p, |x| x.min(p)));
-        }
+        let sweep = (!self.timer_knote).then(|| self.last_sweep + self.sweep_every);
+        let at = match (sweep, self.resume_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let t = at.map(|at| at.saturating_duration_since(Instant::now()));
         if self.draining.is_some() {
             let d = Duration::from_millis(50);
-            t = Some(t.map_or(d, |x| x.min(d)));
+            return Some(t.map_or(d, |x| x.min(d)));
         }
         t
     }

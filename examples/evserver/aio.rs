@@ -514,9 +514,6 @@ impl Worker {
                 // follows is all there is to do.)
                 unsafe { libc::shutdown(c.fd.as_raw_fd(), libc::SHUT_RDWR) };
             }
-            if c.paused && c.recv_op.is_none() {
-                c.paused = false;
-            }
         }
     }
 

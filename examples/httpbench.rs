@@ -477,10 +477,9 @@ fn med_cell(cells: &[Cell]) -> Cell {
     }
 }
 
-/// One httperf run: (connection rate, replies per second, errors,
-/// replies), from its "Connection rate:", "Total:" and "Errors: total"
-/// lines.
-fn httperf_run(port: u16, rate: u64, conns: u64) -> Option<(f64, f64, u64, f64)> {
+/// One httperf run: (replies per second, errors, replies), from its
+/// "Total:" and "Errors: total" lines.
+fn httperf_run(port: u16, rate: u64, conns: u64) -> Option<(f64, u64, f64)> {
     let out = Command::new("httperf")
         .args([
             "--server",
@@ -503,11 +502,6 @@ fn httperf_run(port: u16, rate: u64, conns: u64) -> Option<(f64, f64, u64, f64)>
         .ok()?;
     let s = String::from_utf8_lossy(&out.stdout);
     let line = |p: &str| s.lines().find(|l| l.starts_with(p));
-    let rate = line("Connection rate:")?
-        .split_whitespace()
-        .nth(2)?
-        .parse()
-        .ok()?;
     // "Total: connections N requests N replies N test-duration X s"
     let total: Vec<&str> = line("Total:")?.split_whitespace().collect();
     let replies: f64 = total.get(6)?.parse().ok()?;
@@ -517,7 +511,41 @@ fn httperf_run(port: u16, rate: u64, conns: u64) -> Option<(f64, f64, u64, f64)>
         .nth(2)?
         .parse()
         .ok()?;
-    Some((rate, replies / secs.max(1e-9), errs, replies))
+    Some((replies / secs.max(1e-9), errs, replies))
+}
+
+/// A client's rate sweep: for each asked rate `r`, `run(r, n)` makes `n`
+/// connections (half a second's worth, at least 3000) and says (completed
+/// connections per second, errors, replies); a step holds with every
+/// connection but 1% replied and at most 1% errors, and the sweep stops
+/// at the first that fails (or cannot run). Returns the report line
+/// (`rate: done/s` per step) and the best step held, `(rate, done/s)`.
+fn rate_sweep(
+    client: &str,
+    rates: &[u64],
+    mut run: impl FnMut(u64, u64) -> Option<(f64, u64, f64)>,
+) -> (String, Option<(u64, f64)>) {
+    let mut steps = Vec::new();
+    let mut best: Option<(u64, f64)> = None;
+    for &r in rates {
+        drain_time_wait();
+        eprint!("\rclient comparison: {client} --rate {r} ...            ");
+        let n = (r / 2).max(3000);
+        let Some((done, errors, replies)) = run(r, n) else {
+            break;
+        };
+        let ok = replies >= 0.99 * n as f64 && errors as f64 <= 0.01 * n as f64;
+        if ok {
+            steps.push(format!("{r}: {done:.0}/s"));
+        } else {
+            steps.push(format!("{r}: {done:.0}/s FAIL ({errors} errors)"));
+            break;
+        }
+        if best.is_none_or(|b| done > b.1) {
+            best = Some((r, done));
+        }
+    }
+    (steps.join(", "), best)
 }
 
 fn main() {
@@ -782,83 +810,41 @@ fn run(args: Args) -> io::Result<()> {
             // What each client sustains: its best completed connections
             // per second over the asked rates it handles (every connection
             // replied, errors <= 1%; the sweep stops at the first rate it
-            // fails). httperf (select(),
-            // 1022 fds at most) counts connections it could not open as
-            // fd-unavail and reports its rate over the ones it made, so a
-            // rate alone would flatter it. httpload runs first with two
+            // fails). httperf (select(), 1022 fds at most) counts
+            // connections it could not open as fd-unavail and reports its
+            // rate over the ones it made, so a rate alone would flatter it. httpload runs first with two
             // threads and SO_LINGER 0 (no TIME_WAIT left for httperf).
-            let step = |r: u64| (r / 2).max(3000);
-            let holds = |n: u64, replies: f64, errors: u64| {
-                replies >= 0.99 * n as f64 && errors as f64 <= 0.01 * n as f64
-            };
-            let mut lines = Vec::new();
-            let mut best_hl: Option<(u64, f64)> = None;
-            for r in [10000u64, 15000, 20000, 25000, 30000, 40000] {
-                drain_time_wait();
-                eprint!("\rclient comparison: httpload --rate {r} ...           ");
-                let n = step(r);
-                let Ok(v) = run_load(
-                    &httpload,
-                    s.port,
-                    &sv(&[
-                        "--rate",
-                        &r.to_string(),
-                        "--num-conns",
-                        &n.to_string(),
-                        "--timeout",
-                        "1",
-                        "--threads",
-                        "2",
-                        "--linger0",
-                    ]),
-                ) else {
-                    break;
-                };
-                let replies = v["replies"].as_f64().unwrap_or(0.0);
-                let errors = v["errors_total"].as_u64().unwrap_or(0);
-                let done = replies / v["duration_s"].as_f64().unwrap_or(1.0).max(1e-9);
-                let ok = holds(n, replies, errors);
-                lines.push(format!(
-                    "{r}: {done:.0}/s{}",
-                    if ok {
-                        String::new()
-                    } else {
-                        format!(" FAIL ({errors} errors)")
-                    }
-                ));
-                if !ok {
-                    break;
-                }
-                if best_hl.is_none_or(|b| done > b.1) {
-                    best_hl = Some((r, done));
-                }
-            }
-            let hl_line = std::mem::take(&mut lines).join(", ");
-            let mut best_hp: Option<(u64, f64)> = None;
-            for r in [4000u64, 7000, 10000, 13000, 16000, 20000] {
-                drain_time_wait();
-                eprint!("\rclient comparison: httperf --rate {r} ...            ");
-                let n = step(r);
-                let Some((_, done, errors, replies)) = httperf_run(s.port, r, n) else {
-                    break;
-                };
-                let ok = holds(n, replies, errors);
-                lines.push(format!(
-                    "{r}: {done:.0}/s{}",
-                    if ok {
-                        String::new()
-                    } else {
-                        format!(" FAIL ({errors} errors)")
-                    }
-                ));
-                if !ok {
-                    break;
-                }
-                if best_hp.is_none_or(|b| done > b.1) {
-                    best_hp = Some((r, done));
-                }
-            }
-            let hp_line = lines.join(", ");
+            let (hl_line, best_hl) = rate_sweep(
+                "httpload",
+                &[10000, 15000, 20000, 25000, 30000, 40000],
+                |r, n| {
+                    let v = run_load(
+                        &httpload,
+                        s.port,
+                        &sv(&[
+                            "--rate",
+                            &r.to_string(),
+                            "--num-conns",
+                            &n.to_string(),
+                            "--timeout",
+                            "1",
+                            "--threads",
+                            "2",
+                            "--linger0",
+                        ]),
+                    )
+                    .ok()?;
+                    let replies = v["replies"].as_f64().unwrap_or(0.0);
+                    let errors = v["errors_total"].as_u64().unwrap_or(0);
+                    let done = replies / v["duration_s"].as_f64().unwrap_or(1.0).max(1e-9);
+                    Some((done, errors, replies))
+                },
+            );
+            let (hp_line, best_hp) = rate_sweep(
+                "httperf",
+                &[4000, 7000, 10000, 13000, 16000, 20000],
+                |r, n| httperf_run(s.port, r, n),
+            );
             eprintln!("\r{:<60}", "");
             let _ = writeln!(
                 out,

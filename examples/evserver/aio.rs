@@ -201,9 +201,8 @@ impl Worker {
     /// wait for the next connection on the watch's `READ` knote.
     fn out_of_fds(&mut self) {
         let Some(l) = &self.listener else { return };
-        let lfd = l.as_raw_fd();
         for _ in 0..REFUSE_BATCH {
-            match self.base.reserve.refuse_one(lfd, &mut self.base.stats) {
+            match self.base.reserve.refuse_one(l, &mut self.base.stats) {
                 Refusal::Refused => {}
                 Refusal::Empty => break,
                 Refusal::NoReserve => {
@@ -514,9 +513,6 @@ impl Worker {
                 // in flight — a reset ended the receive — the close that
                 // follows is all there is to do.)
                 unsafe { libc::shutdown(c.fd.as_raw_fd(), libc::SHUT_RDWR) };
-            }
-            if c.paused && c.recv_op.is_none() {
-                c.paused = false;
             }
         }
     }

@@ -147,7 +147,7 @@ pub(crate) struct Cache {
     root: PathBuf,
     index: PathMap<Slot>,
     date: [u8; DATE_LEN],
-    pub(crate) date_secs: u64,
+    date_secs: u64,
     path_buf: PathBuf,
     /// Reloads of changed files (for the stats line).
     pub(crate) reloads: u64,
@@ -398,14 +398,13 @@ impl Entry {
 
     /// Append the head for a response (`304` if `not_modified`) with the
     /// `Connection` variant `conn` to `out`, with the current `date`.
-    /// Returns the head's length.
     pub(crate) fn head_into(
         &self,
         not_modified: bool,
         conn: ConnHdr,
         date: &[u8; DATE_LEN],
         out: &mut Vec<u8>,
-    ) -> usize {
+    ) {
         let (h, off) = if not_modified {
             (&self.not_modified[conn as usize], self.nm_date)
         } else {
@@ -414,6 +413,5 @@ impl Entry {
         let start = out.len();
         out.extend_from_slice(h);
         out[start + off..start + off + DATE_LEN].copy_from_slice(date);
-        h.len()
     }
 }

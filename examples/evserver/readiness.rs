@@ -108,8 +108,7 @@ impl Worker {
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                     // The knote is edge-triggered: refuse the rest of the
                     // backlog too rather than leave it without an edge.
-                    let fd = l.as_raw_fd();
-                    match self.base.reserve.refuse_one(fd, &mut self.base.stats) {
+                    match self.base.reserve.refuse_one(l, &mut self.base.stats) {
                         Refusal::Refused => {}
                         Refusal::Empty => return,
                         Refusal::NoReserve => {
@@ -257,14 +256,9 @@ impl Worker {
             if !matches!(c.pending, Pending::None) {
                 match flush(c) {
                     Ok(true) => {
-                        // While draining, a connection closes once its
-                        // response is out (even one begun before the
-                        // signal, when keep-alive was promised).
-                        if c.close_after || (draining && c.rlen == 0) {
-                            let _ = c.stream.shutdown(Shutdown::Write);
-                            c.closing = true;
-                            c.last = now;
+                        if c.close_after {
                             c.close_after = false;
+                            start_closing(c, now);
                             return true;
                         }
                     }
@@ -288,10 +282,11 @@ impl Worker {
                 return true;
             }
             if c.rlen == 0 {
+                // While draining, a connection closes once its response
+                // is out (even one begun before the signal, when
+                // keep-alive was promised).
                 if draining {
-                    let _ = c.stream.shutdown(Shutdown::Write);
-                    c.closing = true;
-                    c.last = now;
+                    start_closing(c, now);
                 }
                 return true;
             }
@@ -369,10 +364,8 @@ impl Mode for Worker {
             render_error(&mut c.out, 408, b.http.cache.date(), ConnHdr::Close, false);
             if matches!(send(&c.stream, &c.out, 0), Ok(Some(n)) if n == c.out.len()) {
                 c.out.clear();
-                let _ = c.stream.shutdown(Shutdown::Write);
-                c.closing = true;
                 c.rlen = 0;
-                c.last = b.now;
+                start_closing(c, b.now);
                 self.drive(slot);
                 return;
             }
@@ -396,6 +389,14 @@ impl Mode for Worker {
             let _ = l.register(&self.base.kq, Interest::READ, KnoteOpts::edge(U_LISTENER));
         }
     }
+}
+
+/// Shut the write side and discard input until the peer's EOF; the
+/// closing state's idle limit counts from `now`.
+fn start_closing(c: &mut Conn, now: Instant) {
+    let _ = c.stream.shutdown(Shutdown::Write);
+    c.closing = true;
+    c.last = now;
 }
 
 fn consume(c: &mut Conn, n: usize) {

@@ -11,7 +11,6 @@ use kevent::{Filter, Flags, Kevent, Kqueue};
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -163,51 +162,23 @@ impl Reserve {
     /// (close the reserve, accept, reset with `SO_LINGER` 0, reopen the
     /// reserve) and count it. A reserve lost earlier (another thread took
     /// the slot) is reopened first if it can be.
-    pub(crate) fn refuse_one(&mut self, listener: RawFd, stats: &mut Stats) -> Refusal {
+    pub(crate) fn refuse_one(&mut self, listener: &TcpListener, stats: &mut Stats) -> Refusal {
         let Some(r) = self.0.take().or_else(|| File::open("/dev/null").ok()) else {
             return Refusal::NoReserve;
         };
         drop(r);
-        // SAFETY: null address pointers are allowed by accept4.
-        let fd = unsafe {
-            libc::accept4(
-                listener,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                libc::SOCK_CLOEXEC,
-            )
-        };
-        let got = if fd >= 0 {
-            // SAFETY: accept4 returned a new fd that nothing else owns.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            abort_close(fd);
-            stats.refused += 1;
-            Refusal::Refused
-        } else {
-            Refusal::Empty
+        let got = match listener.accept() {
+            // Reset (`SO_LINGER` 0) as it closes: refused, not served.
+            Ok((s, _)) => {
+                let _ = s.set_linger_abort(true);
+                stats.refused += 1;
+                Refusal::Refused
+            }
+            Err(_) => Refusal::Empty,
         };
         self.0 = File::open("/dev/null").ok();
         got
     }
-}
-
-/// Close a connection with RST (`SO_LINGER` 0): refused, not served.
-fn abort_close(fd: OwnedFd) {
-    let lg = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a live socket fd and a `linger` of the size passed.
-    unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&lg as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    drop(fd);
 }
 
 /// The state every worker has besides its listener: the queue, the
@@ -299,17 +270,18 @@ impl<C> Base<C> {
 
     /// The wait's timeout: the next sweep (without a timer knote), the
     /// end of an accept pause, and a short poll while draining.
+    /// The clock is read only when one of them is due (not in the steady
+    /// state with a timer knote).
     fn timeout(&self) -> Option<Duration> {
-        let now = Instant::now();
-        let mut t = (!self.timer_knote)
-            .then(|| (self.last_sweep + self.sweep_every).saturating_duration_since(now));
-        if let Some(p) = self.resume_at {
-            let p = p.saturating_duration_since(now);
-            t = Some(t.map_or(p, |x| x.min(p)));
-        }
+        let sweep = (!self.timer_knote).then(|| self.last_sweep + self.sweep_every);
+        let at = match (sweep, self.resume_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let t = at.map(|at| at.saturating_duration_since(Instant::now()));
         if self.draining.is_some() {
             let d = Duration::from_millis(50);
-            t = Some(t.map_or(d, |x| x.min(d)));
+            return Some(t.map_or(d, |x| x.min(d)));
         }
         t
     }

@@ -871,17 +871,8 @@ pub fn sigint_completes_slow_readers_response(b: Backend, m: Mode) {
         let mut args = vec!["--root", d.0.to_str().unwrap()];
         args.extend_from_slice(extra);
         let mut s = start_loud(b, m, &args);
-        let c = connect(&s);
-        let mut w = c.try_clone().unwrap();
-        w.write_all(b"GET /huge.bin HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut r = BufReader::new(c);
-        let resp = read_resp(&mut r, true);
-        assert_eq!(resp.header("Content-Length"), Some("16777216"));
-        // 16 MiB cannot all sit in the socket buffers (tcp_wmem's max is
-        // 4 MiB; the client's receive buffer does not grow while it does
-        // not read): the server is mid-response when the signal comes.
-        std::thread::sleep(Duration::from_millis(200));
+        // The server is mid-response when the signal comes.
+        let mut r = huge_in_flight(&s);
         // SAFETY: kill(2) of our own child.
         unsafe { libc::kill(s.child.id() as i32, libc::SIGINT) };
         std::thread::sleep(Duration::from_millis(300));
@@ -904,7 +895,6 @@ pub fn sigint_completes_slow_readers_response(b: Backend, m: Mode) {
         // Then the server closes the connection and exits cleanly.
         assert!(at_eof(&mut r), "connection left open while draining");
         drop(r);
-        drop(w);
         let st = wait_exit(&mut s.child, Duration::from_secs(3));
         assert!(st.success(), "{st:?}");
     }

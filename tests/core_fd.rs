@@ -395,8 +395,7 @@ backend_test!(close_and_reuse_gives_no_stale_events, |b: Backend| {
     expect_data(&kq, n as u64, R, 8);
     // Close the fd and get the same number back for a new, empty pipe.
     let (rx2, tx2) = pipe();
-    std::mem::forget(rx);
-    let reused = dup_onto(&rx2, n);
+    let reused = reuse_number(rx, &rx2);
     drop(rx2);
     drop(tx);
     // No stale event from the old pipe, nor from the new one unwatched.
@@ -418,9 +417,7 @@ backend_test!(close_and_reuse_socket_then_add, |b: Backend| {
     change(&kq, &[ev(n as u64, W, Flags::ADD, 0, 0, 1)]);
     write_all(&p, b"0123456789");
     expect_data(&kq, n as u64, R, 10);
-    let (a2, p2) = socketpair();
-    std::mem::forget(a);
-    let reused = dup_onto(&a2, n);
+    let (reused, p2) = reuse_by_socketpair(a);
     drop(p);
     // ADD without DELETE, straight on the reused number: must not fail
     // and must start clean (no old WRITE knote, no old data).
@@ -431,7 +428,7 @@ backend_test!(close_and_reuse_socket_then_add, |b: Backend| {
     let e = expect_event(&kq, n as u64, R);
     assert_eq!((e.data, e.udata), (2, 3));
     assert!(!e.is_eof(), "{e:?}");
-    drop((reused, a2));
+    drop(reused);
 });
 
 // A number reused after a close without EV_DELETE: the ADD's identity
@@ -446,10 +443,8 @@ backend_test!(reuse_of_a_write_only_number_then_add_read, |b: Backend| {
     let n = a.as_raw_fd();
     change(&kq, &[ev(n as u64, W, Flags::ADD | Flags::CLEAR, 0, 0, 1)]);
     expect_event(&kq, n as u64, W);
-    let (a2, p2) = socketpair();
-    std::mem::forget(a);
-    let reused = dup_onto(&a2, n);
-    drop((a2, p));
+    let (reused, p2) = reuse_by_socketpair(a);
+    drop(p);
     change(&kq, &[ev(n as u64, R, Flags::ADD | Flags::CLEAR, 0, 0, 2)]);
     // Writable, but no WRITE knote any more; nothing to read yet.
     expect_none(&kq, n as u64, W);
@@ -473,10 +468,8 @@ backend_test!(reuse_of_a_read_number_then_add_write, |b: Backend| {
     change(&kq, &[ev(n as u64, R, Flags::ADD, 0, 0, 1)]);
     write_all(&p, b"old");
     expect_data(&kq, n as u64, R, 3);
-    let (a2, p2) = socketpair();
-    std::mem::forget(a);
-    let reused = dup_onto(&a2, n);
-    drop((a2, p));
+    let (reused, p2) = reuse_by_socketpair(a);
+    drop(p);
     change(&kq, &[ev(n as u64, W, Flags::ADD, 0, 0, 2)]);
     let e = expect_event(&kq, n as u64, W);
     assert!(e.data > 0 && e.udata == 2, "{e:?}");
@@ -494,10 +487,8 @@ backend_test!(
         let (a, p) = socketpair();
         let n = a.as_raw_fd();
         change(&kq, &[ev(n as u64, R, Flags::ADD | Flags::CLEAR, 0, 0, 1)]);
-        let (a2, p2) = socketpair();
-        std::mem::forget(a);
-        let reused = dup_onto(&a2, n);
-        drop((a2, p));
+        let (reused, p2) = reuse_by_socketpair(a);
+        drop(p);
         change(&kq, &[ev(n as u64, R, Flags::ADD | Flags::CLEAR, 0, 0, 2)]);
         expect_none(&kq, n as u64, R);
         // A second direction on the adopted registration.
@@ -526,8 +517,7 @@ backend_test!(reuse_by_a_regular_file_then_add_read, |b: Backend| {
     let tmp = TempPath::new("reuse-file");
     std::fs::write(tmp.path(), b"0123456").unwrap();
     let f = std::fs::File::open(tmp.path()).unwrap();
-    std::mem::forget(a);
-    let reused = dup_onto(&f, n);
+    let reused = reuse_number(a, &f);
     drop((f, p));
     // epoll refuses a regular file: the probe keeps nothing, the file is
     // watched its own way and reports its bytes to EOF.
@@ -543,8 +533,7 @@ backend_test!(reuse_by_a_listener_reports_its_backlog, |b: Backend| {
     let n = a.as_raw_fd();
     change(&kq, &[ev(n as u64, R, Flags::ADD | Flags::CLEAR, 0, 0, 1)]);
     let l = tcp_listener();
-    std::mem::forget(a);
-    let reused = dup_onto(&l, n);
+    let reused = reuse_number(a, &l);
     drop(p);
     change(&kq, &[ev(n as u64, R, Flags::ADD, 0, 0, 2)]);
     expect_none(&kq, n as u64, R);
@@ -569,10 +558,8 @@ backend_test!(
         let (a, p) = socketpair();
         let n = a.as_raw_fd();
         change(&kq, &[ev(n as u64, R, Flags::ADD | Flags::CLEAR, 0, 0, 1)]);
-        let (a2, p2) = socketpair();
-        std::mem::forget(a);
-        let reused = dup_onto(&a2, n);
-        drop((a2, p));
+        let (reused, p2) = reuse_by_socketpair(a);
+        drop(p);
         assert_errno(
             try_change(&kq, &[ev(n as u64, R, Flags::ENABLE, 0, 0, 1)]),
             libc::ENOENT,

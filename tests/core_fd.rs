@@ -689,18 +689,7 @@ backend_test!(data_write_space_pipe, |b: Backend| {
 backend_test!(data_write_space_socket, |b: Backend| {
     let kq = kq(b);
     let (mut a, mut p) = socketpair();
-    let mut sndbuf: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt into a live int with its size.
-    let rc = unsafe {
-        libc::getsockopt(
-            a.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&mut sndbuf as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
+    let (rc, sndbuf) = sockopt_int(&a, libc::SO_SNDBUF);
     assert_eq!(rc, 0);
     change(&kq, &[ev(id(&a), W, Flags::ADD, 0, 0, 0)]);
     let e = expect_event(&kq, id(&a), W);
@@ -1066,6 +1055,24 @@ backend_test!(leftover_events_wake_a_blocked_leader, |b: Backend| {
     );
 });
 
+/// `getsockopt(SOL_SOCKET, opt)` of an int option: (return code, value;
+/// -1 if not written).
+fn sockopt_int(s: &impl AsRawFd, opt: libc::c_int) -> (libc::c_int, libc::c_int) {
+    let mut v: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt into a live int with its size.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (rc, v)
+}
+
 /// A connected TCP pair whose client end was closed with a RST
 /// (`SO_LINGER {on, 0}`): the server end, with READ knote `flags` added
 /// before the reset.
@@ -1096,18 +1103,7 @@ backend_test!(
         });
         assert_eq!(e.fflags, libc::ECONNRESET as u32, "{e:?}");
         // The library consumed the error: the program's SO_ERROR reads 0.
-        let mut v: libc::c_int = -1;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt into a live int with its size.
-        let rc = unsafe {
-            libc::getsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ERROR,
-                (&mut v as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
+        let (rc, v) = sockopt_int(&s, libc::SO_ERROR);
         assert_eq!((rc, v), (0, 0));
     }
 );

@@ -15,6 +15,8 @@
 
 mod common;
 
+use common::thread_cpu;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
@@ -148,16 +150,6 @@ impl Rig {
         self.fill();
         self.drain()
     }
-}
-
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: writes one timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 const MODES: [(&str, RecvMode); 3] = [

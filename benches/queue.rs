@@ -109,10 +109,15 @@ impl Group {
 
     /// The group's id without a variant, for the summary's headings.
     fn title(&self) -> String {
-        match self.param {
-            Some(p) => format!("{}/{p}", self.name),
-            None => self.name.to_string(),
-        }
+        title(self.name, self.param)
+    }
+}
+
+/// A group's id without a variant: `group[/param]`.
+fn title(name: &str, param: Option<usize>) -> String {
+    match param {
+        Some(p) => format!("{name}/{p}"),
+        None => name.to_string(),
     }
 }
 
@@ -121,6 +126,19 @@ impl Group {
 struct Be {
     name: &'static str,
     make: fn() -> io::Result<Kqueue>,
+}
+
+impl Be {
+    /// A new queue of this backend with `changes` applied (in calls of
+    /// 4096 at most).
+    fn queue(&self, changes: &[Kevent]) -> Result<Kqueue, String> {
+        let kq = (self.make)().map_err(|e| format!("queue: {e}"))?;
+        for chunk in changes.chunks(4096) {
+            kq.kevent(chunk, &mut [], None)
+                .map_err(|e| format!("register: {e}"))?;
+        }
+        Ok(kq)
+    }
 }
 
 fn backends() -> Vec<Be> {
@@ -275,17 +293,13 @@ fn ready1_of_n(n: usize) -> Result<Group, String> {
     let live = rx.as_raw_fd();
     let rx = Rc::new((rx, tx));
     for be in backends() {
-        let kq = (be.make)().map_err(|e| format!("queue: {e}"))?;
         let changes: Vec<Kevent> = idle
             .iter()
-            .map(|f| add(f.as_raw_fd(), Flags::empty(), 0))
+            .map(|f| f.as_raw_fd())
+            .chain([live])
+            .map(|fd| add(fd, Flags::empty(), 0))
             .collect();
-        for chunk in changes.chunks(4096) {
-            kq.kevent(chunk, &mut [], None)
-                .map_err(|e| format!("register idle: {e}"))?;
-        }
-        kq.kevent(&[add(live, Flags::empty(), 0)], &mut [], None)
-            .map_err(|e| format!("register live: {e}"))?;
+        let kq = be.queue(&changes)?;
         let mut out = [Kevent::default(); 1];
         let keep = (Rc::clone(&idle), Rc::clone(&rx));
         g.add(
@@ -332,15 +346,10 @@ fn ready1_of_n_knotes(n: usize) -> Result<Group, String> {
     let rx = Rc::new((rx, tx));
     let changes: Vec<Kevent> = (0..n as u64)
         .map(|i| Kevent::new(i, Filter::User, Flags::ADD, 0, 0, 0))
+        .chain([add(live, Flags::empty(), 0)])
         .collect();
     for be in backends() {
-        let kq = (be.make)().map_err(|e| format!("queue: {e}"))?;
-        for chunk in changes.chunks(4096) {
-            kq.kevent(chunk, &mut [], None)
-                .map_err(|e| format!("register idle: {e}"))?;
-        }
-        kq.kevent(&[add(live, Flags::empty(), 0)], &mut [], None)
-            .map_err(|e| format!("register live: {e}"))?;
+        let kq = be.queue(&changes)?;
         let mut out = [Kevent::default(); 1];
         let keep = Rc::clone(&rx);
         g.add(format!("kevent-{}", be.name), None, move || {
@@ -352,25 +361,23 @@ fn ready1_of_n_knotes(n: usize) -> Result<Group, String> {
     Ok(g)
 }
 
-fn pingpong_edge() -> Result<Group, String> {
-    let mut g = Group::new("pingpong_edge", None);
-    // FreeBSD's `data` (a FIONREAD per event) against mio + FIONREAD, and
-    // the NODATA extension (no ioctl) against plain mio.
+/// The kevent variants of a pipe ping-pong (write 1 byte, wait, read it)
+/// with a READ knote of `flags`, on every backend: default data, whose
+/// peer is `{peer}-fionread`, and `-nodata`, whose peer is `peer`.
+fn kevent_pingpong(g: &mut Group, flags: Flags, peer: &str) -> Result<(), String> {
     for be in backends() {
         for (suffix, fflags, peer) in [
-            ("", 0, "raw-mio-fionread"),
-            ("-nodata", note::NODATA, "raw-mio"),
+            ("", 0, format!("{peer}-fionread")),
+            ("-nodata", note::NODATA, peer.to_string()),
         ] {
-            let kq = (be.make)().map_err(|e| format!("queue: {e}"))?;
             let (mut rx, mut tx) = io::pipe().expect("pipe");
             set_nonblocking(rx.as_raw_fd());
-            kq.kevent(&[add(rx.as_raw_fd(), Flags::CLEAR, fflags)], &mut [], None)
-                .map_err(|e| format!("add: {e}"))?;
+            let kq = be.queue(&[add(rx.as_raw_fd(), flags, fflags)])?;
             let mut out = [Kevent::default(); 8];
             let mut byte = [0u8; 1];
             g.add(
                 format!("kevent-{}{suffix}", be.name),
-                Some(peer),
+                Some(&peer),
                 move || {
                     tx.write_all(b"x").expect("write");
                     let n = wait(&kq, &mut out, None);
@@ -381,6 +388,14 @@ fn pingpong_edge() -> Result<Group, String> {
             );
         }
     }
+    Ok(())
+}
+
+fn pingpong_edge() -> Result<Group, String> {
+    let mut g = Group::new("pingpong_edge", None);
+    // FreeBSD's `data` (a FIONREAD per event) against mio + FIONREAD, and
+    // the NODATA extension (no ioctl) against plain mio.
+    kevent_pingpong(&mut g, Flags::CLEAR, "raw-mio")?;
     for fionread_too in [false, true] {
         use mio::{Events, Interest, Poll, Token};
         let mut poll = Poll::new().expect("poll");
@@ -414,35 +429,7 @@ fn pingpong_level() -> Result<Group, String> {
     // A level READ knote whose data the loop consumes every time: after
     // each delivery the queue must find out that the condition went away
     // (FreeBSD's re-check), then wait for the next byte.
-    for be in backends() {
-        for (suffix, fflags, peer) in [
-            ("", 0, "raw-epoll-level-fionread"),
-            ("-nodata", note::NODATA, "raw-epoll-level"),
-        ] {
-            let kq = (be.make)().map_err(|e| format!("queue: {e}"))?;
-            let (mut rx, mut tx) = io::pipe().expect("pipe");
-            set_nonblocking(rx.as_raw_fd());
-            kq.kevent(
-                &[add(rx.as_raw_fd(), Flags::empty(), fflags)],
-                &mut [],
-                None,
-            )
-            .map_err(|e| format!("add: {e}"))?;
-            let mut out = [Kevent::default(); 8];
-            let mut byte = [0u8; 1];
-            g.add(
-                format!("kevent-{}{suffix}", be.name),
-                Some(peer),
-                move || {
-                    tx.write_all(b"x").expect("write");
-                    let n = wait(&kq, &mut out, None);
-                    debug_assert_eq!(n, 1);
-                    black_box(out[0].data);
-                    rx.read_exact(&mut byte).expect("read");
-                },
-            );
-        }
-    }
+    kevent_pingpong(&mut g, Flags::empty(), "raw-epoll-level")?;
     for fionread_too in [false, true] {
         let ep = RawEpoll::new();
         let (mut rx, mut tx) = io::pipe().expect("pipe");
@@ -478,9 +465,7 @@ fn level_redelivery() -> Result<Group, String> {
             ("", 0, "raw-epoll-level-fionread", 5),
             ("-nodata", note::NODATA, "raw-epoll-level", 1),
         ] {
-            let kq = (be.make)().map_err(|e| format!("queue: {e}"))?;
-            kq.kevent(&[add(fd, Flags::empty(), fflags)], &mut [], None)
-                .map_err(|e| format!("add: {e}"))?;
+            let kq = be.queue(&[add(fd, Flags::empty(), fflags)])?;
             let mut out = [Kevent::default(); 8];
             let keep = Rc::clone(&keep);
             g.add(
@@ -523,7 +508,7 @@ fn add_delete() -> Result<Group, String> {
     let fd = rx.as_raw_fd();
     let keep = Rc::new((rx, tx));
     for be in backends() {
-        let kq = (be.make)().map_err(|e| format!("queue: {e}"))?;
+        let kq = be.queue(&[])?;
         let add = [add(fd, Flags::empty(), 0)];
         let del = [Kevent::new(fd as u64, Filter::Read, Flags::DELETE, 0, 0, 0)];
         let keep = Rc::clone(&keep);
@@ -553,13 +538,9 @@ fn add_delete() -> Result<Group, String> {
 /// A thread that answers: blocked in `kevent()` on `a`, it triggers USER 1
 /// on `b` for each USER 1 it collects (ident 2 ends it).
 fn wake_variant(be: Be) -> Result<impl FnMut() + 'static, String> {
-    let a = Arc::new((be.make)().map_err(|e| format!("queue: {e}"))?);
-    let b = Arc::new((be.make)().map_err(|e| format!("queue: {e}"))?);
     let user = |id| Kevent::new(id, Filter::User, Flags::ADD | Flags::CLEAR, 0, 0, 0);
-    for q in [&a, &b] {
-        q.kevent(&[user(1), user(2)], &mut [], None)
-            .map_err(|e| format!("add: {e}"))?;
-    }
+    let a = Arc::new(be.queue(&[user(1), user(2)])?);
+    let b = Arc::new(be.queue(&[user(1), user(2)])?);
     let (a2, b2) = (Arc::clone(&a), Arc::clone(&b));
     let t = std::thread::spawn(move || {
         let mut out = [Kevent::default(); 4];
@@ -862,17 +843,13 @@ fn main() {
         // Instruction-count driver: the selected variants only, no criterion.
         let n: u64 = n.parse().expect("QUEUE_ITERS: a count");
         for (name, param, build) in groups() {
-            let title = match param {
-                Some(p) => format!("{name}/{p}"),
-                None => name.to_string(),
-            };
             if !group_wanted(&f, name) {
                 continue;
             }
             let mut g = match build() {
                 Ok(g) => g,
                 Err(e) => {
-                    eprintln!("{title}: {e}; skipped");
+                    eprintln!("{}: {e}; skipped", title(name, param));
                     continue;
                 }
             };
@@ -900,11 +877,10 @@ fn main() {
         let mut g = match build() {
             Ok(g) => g,
             Err(e) => {
-                let title = match param {
-                    Some(p) => format!("{name}/{p}"),
-                    None => name.to_string(),
-                };
-                eprintln!("queue bench: {title}: {e}; skipping this size");
+                eprintln!(
+                    "queue bench: {}: {e}; skipping this size",
+                    title(name, param)
+                );
                 continue;
             }
         };

@@ -75,6 +75,15 @@ backends_complete_test!();
 const WARM: usize = 200;
 const ROUNDS: usize = 2000;
 
+/// Run `round` [`WARM`] times, then count this thread's allocations in
+/// `rounds` more.
+fn allocations_after_warm_up(rounds: usize, mut round: impl FnMut()) -> u64 {
+    for _ in 0..WARM {
+        round();
+    }
+    allocations_in(|| (0..rounds).for_each(|_| round()))
+}
+
 #[test]
 fn the_counter_sees_allocations() {
     // The measurement can fail: an allocation on this thread is counted.
@@ -93,7 +102,7 @@ backend_test!(user_trigger_loop_does_not_allocate, |b: Backend| {
     let mut out = [Kevent::default(); 8];
     // Trigger and collect in one call, and trigger then wait.
     let trig = [ev(1, u, Flags::empty(), note::TRIGGER, 0, 7)];
-    let mut round = || {
+    let round = || {
         let n = kq.kevent(&trig, &mut out, Some(Duration::ZERO)).unwrap();
         assert_eq!((n, out[0].ident, out[0].udata), (1, 1, 7));
         kq.trigger(1).unwrap();
@@ -102,25 +111,15 @@ backend_test!(user_trigger_loop_does_not_allocate, |b: Backend| {
             .unwrap();
         assert_eq!((n, out[0].ident), (1, 1));
     };
-    for _ in 0..WARM {
-        round();
-    }
-    let n = allocations_in(|| {
-        for _ in 0..ROUNDS {
-            round();
-        }
-    });
+    let n = allocations_after_warm_up(ROUNDS, round);
     assert_eq!(n, 0, "{n} allocations in {ROUNDS} USER rounds on {b:?}");
     // A level knote re-checked on every call allocates nothing either.
     change(&kq, &[ev(2, u, Flags::empty(), note::TRIGGER, 0, 0)]);
-    let mut level = || {
+    let level = || {
         let n = kq.kevent(&[], &mut out, Some(Duration::ZERO)).unwrap();
         assert_eq!((n, out[0].ident), (1, 2));
     };
-    for _ in 0..WARM {
-        level();
-    }
-    let n = allocations_in(|| (0..ROUNDS).for_each(|_| level()));
+    let n = allocations_after_warm_up(ROUNDS, level);
     assert_eq!(n, 0, "{n} allocations re-reporting a level USER knote");
 });
 
@@ -133,7 +132,7 @@ fn pipe_loop(b: Backend, flags: Flags) {
     );
     let mut out = [Kevent::default(); 8];
     let mut byte = [0u8; 1];
-    let mut round = || {
+    let round = || {
         tx.write_all(b"x").unwrap();
         let n = kq
             .kevent(&[], &mut out, Some(Duration::from_secs(1)))
@@ -142,14 +141,7 @@ fn pipe_loop(b: Backend, flags: Flags) {
         assert_eq!((out[0].ident, out[0].data, out[0].udata), (id(&rx), 1, 3));
         rx.read_exact(&mut byte).unwrap();
     };
-    for _ in 0..WARM {
-        round();
-    }
-    let n = allocations_in(|| {
-        for _ in 0..ROUNDS {
-            round();
-        }
-    });
+    let n = allocations_after_warm_up(ROUNDS, round);
     assert_eq!(
         n, 0,
         "{n} allocations in {ROUNDS} pipe READ rounds ({flags:?}) on {b:?}"
@@ -190,10 +182,7 @@ backend_test!(
                 assert_eq!(kq.kevent(c, &mut [], Some(Duration::ZERO)).unwrap(), 0);
             }
         };
-        for _ in 0..WARM {
-            round();
-        }
-        let n = allocations_in(|| (0..ROUNDS * 4).for_each(|_| round()));
+        let n = allocations_after_warm_up(ROUNDS * 4, round);
         assert_eq!(n, 0, "{n} allocations in change-only calls on {b:?}");
         // Knote 1 is reported once; knote 2, reset last, is not.
         let mut out = [Kevent::default(); 8];

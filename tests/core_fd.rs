@@ -395,8 +395,7 @@ backend_test!(close_and_reuse_gives_no_stale_events, |b: Backend| {
     expect_data(&kq, n as u64, R, 8);
     // Close the fd and get the same number back for a new, empty pipe.
     let (rx2, tx2) = pipe();
-    std::mem::forget(rx);
-    let reused = dup_onto(&rx2, n);
+    let reused = reuse_number(rx, &rx2);
     drop(rx2);
     drop(tx);
     // No stale event from the old pipe, nor from the new one unwatched.
@@ -447,9 +446,7 @@ backend_test!(close_and_reuse_socket_then_add, |b: Backend| {
     change(&kq, &[ev(n as u64, W, Flags::ADD, 0, 0, 1)]);
     write_all(&p, b"0123456789");
     expect_data(&kq, n as u64, R, 10);
-    let (a2, p2) = socketpair();
-    std::mem::forget(a);
-    let reused = dup_onto(&a2, n);
+    let (reused, p2) = reuse_by_socketpair(a);
     drop(p);
     // ADD without DELETE, straight on the reused number: must not fail
     // and must start clean (no old WRITE knote, no old data).
@@ -460,7 +457,7 @@ backend_test!(close_and_reuse_socket_then_add, |b: Backend| {
     let e = expect_event(&kq, n as u64, R);
     assert_eq!((e.data, e.udata), (2, 3));
     assert!(!e.is_eof(), "{e:?}");
-    drop((reused, a2));
+    drop(reused);
 });
 
 // A number reused after a close without EV_DELETE: the ADD's identity
@@ -475,10 +472,8 @@ backend_test!(reuse_of_a_write_only_number_then_add_read, |b: Backend| {
     let n = a.as_raw_fd();
     change(&kq, &[ev(n as u64, W, Flags::ADD | Flags::CLEAR, 0, 0, 1)]);
     expect_event(&kq, n as u64, W);
-    let (a2, p2) = socketpair();
-    std::mem::forget(a);
-    let reused = dup_onto(&a2, n);
-    drop((a2, p));
+    let (reused, p2) = reuse_by_socketpair(a);
+    drop(p);
     change(&kq, &[ev(n as u64, R, Flags::ADD | Flags::CLEAR, 0, 0, 2)]);
     // Writable, but no WRITE knote any more; nothing to read yet.
     expect_none(&kq, n as u64, W);
@@ -502,10 +497,8 @@ backend_test!(reuse_of_a_read_number_then_add_write, |b: Backend| {
     change(&kq, &[ev(n as u64, R, Flags::ADD, 0, 0, 1)]);
     write_all(&p, b"old");
     expect_data(&kq, n as u64, R, 3);
-    let (a2, p2) = socketpair();
-    std::mem::forget(a);
-    let reused = dup_onto(&a2, n);
-    drop((a2, p));
+    let (reused, p2) = reuse_by_socketpair(a);
+    drop(p);
     change(&kq, &[ev(n as u64, W, Flags::ADD, 0, 0, 2)]);
     let e = expect_event(&kq, n as u64, W);
     assert!(e.data > 0 && e.udata == 2, "{e:?}");
@@ -523,10 +516,8 @@ backend_test!(
         let (a, p) = socketpair();
         let n = a.as_raw_fd();
         change(&kq, &[ev(n as u64, R, Flags::ADD | Flags::CLEAR, 0, 0, 1)]);
-        let (a2, p2) = socketpair();
-        std::mem::forget(a);
-        let reused = dup_onto(&a2, n);
-        drop((a2, p));
+        let (reused, p2) = reuse_by_socketpair(a);
+        drop(p);
         change(&kq, &[ev(n as u64, R, Flags::ADD | Flags::CLEAR, 0, 0, 2)]);
         expect_none(&kq, n as u64, R);
         // A second direction on the adopted registration.
@@ -555,8 +546,7 @@ backend_test!(reuse_by_a_regular_file_then_add_read, |b: Backend| {
     let tmp = TempPath::new("reuse-file");
     std::fs::write(tmp.path(), b"0123456").unwrap();
     let f = std::fs::File::open(tmp.path()).unwrap();
-    std::mem::forget(a);
-    let reused = dup_onto(&f, n);
+    let reused = reuse_number(a, &f);
     drop((f, p));
     // epoll refuses a regular file: the probe keeps nothing, the file is
     // watched its own way and reports its bytes to EOF.
@@ -572,8 +562,7 @@ backend_test!(reuse_by_a_listener_reports_its_backlog, |b: Backend| {
     let n = a.as_raw_fd();
     change(&kq, &[ev(n as u64, R, Flags::ADD | Flags::CLEAR, 0, 0, 1)]);
     let l = tcp_listener();
-    std::mem::forget(a);
-    let reused = dup_onto(&l, n);
+    let reused = reuse_number(a, &l);
     drop(p);
     change(&kq, &[ev(n as u64, R, Flags::ADD, 0, 0, 2)]);
     expect_none(&kq, n as u64, R);
@@ -598,10 +587,8 @@ backend_test!(
         let (a, p) = socketpair();
         let n = a.as_raw_fd();
         change(&kq, &[ev(n as u64, R, Flags::ADD | Flags::CLEAR, 0, 0, 1)]);
-        let (a2, p2) = socketpair();
-        std::mem::forget(a);
-        let reused = dup_onto(&a2, n);
-        drop((a2, p));
+        let (reused, p2) = reuse_by_socketpair(a);
+        drop(p);
         assert_errno(
             try_change(&kq, &[ev(n as u64, R, Flags::ENABLE, 0, 0, 1)]),
             libc::ENOENT,
@@ -731,18 +718,7 @@ backend_test!(data_write_space_pipe, |b: Backend| {
 backend_test!(data_write_space_socket, |b: Backend| {
     let kq = kq(b);
     let (mut a, mut p) = socketpair();
-    let mut sndbuf: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt into a live int with its size.
-    let rc = unsafe {
-        libc::getsockopt(
-            a.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&mut sndbuf as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
+    let (rc, sndbuf) = sockopt_int(&a, libc::SO_SNDBUF);
     assert_eq!(rc, 0);
     change(&kq, &[ev(id(&a), W, Flags::ADD, 0, 0, 0)]);
     let e = expect_event(&kq, id(&a), W);
@@ -1108,6 +1084,24 @@ backend_test!(leftover_events_wake_a_blocked_leader, |b: Backend| {
     );
 });
 
+/// `getsockopt(SOL_SOCKET, opt)` of an int option: (return code, value;
+/// -1 if not written).
+fn sockopt_int(s: &impl AsRawFd, opt: libc::c_int) -> (libc::c_int, libc::c_int) {
+    let mut v: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt into a live int with its size.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (rc, v)
+}
+
 /// A connected TCP pair whose client end was closed with a RST
 /// (`SO_LINGER {on, 0}`): the server end, with READ knote `flags` added
 /// before the reset.
@@ -1138,18 +1132,7 @@ backend_test!(
         });
         assert_eq!(e.fflags, libc::ECONNRESET as u32, "{e:?}");
         // The library consumed the error: the program's SO_ERROR reads 0.
-        let mut v: libc::c_int = -1;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt into a live int with its size.
-        let rc = unsafe {
-            libc::getsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ERROR,
-                (&mut v as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
+        let (rc, v) = sockopt_int(&s, libc::SO_ERROR);
         assert_eq!((rc, v), (0, 0));
     }
 );

@@ -28,25 +28,6 @@ const U: Filter = Filter::User;
 const R: Filter = Filter::Read;
 const W: Filter = Filter::Write;
 
-/// A real-time signal of its own for each test (signals are per thread,
-/// but distinct numbers keep a failure's leftovers out of other tests).
-fn rt(n: i32) -> i32 {
-    let s = libc::SIGRTMIN() + n;
-    assert!(s <= libc::SIGRTMAX());
-    s
-}
-
-/// Block `sig` in this thread, then send it to this thread `times` times.
-#[track_caller]
-fn raise(sig: i32, times: usize) {
-    block_signals(&[sig]).unwrap();
-    for _ in 0..times {
-        // SAFETY: pthread_kill on the calling thread with a blocked signal.
-        let rc = unsafe { libc::pthread_kill(libc::pthread_self(), sig) };
-        assert_eq!(rc, 0);
-    }
-}
-
 /// A temp file with one byte and a read-only fd on it (the watched fd).
 fn watched_file(tag: &str) -> (TempPath, File) {
     let t = TempPath::new(tag);

@@ -16,23 +16,6 @@ backends_complete_test!();
 
 const S: Filter = Filter::Signal;
 
-/// Block `sig` in this thread, then send it to this thread `times` times.
-#[track_caller]
-fn raise(sig: i32, times: usize) {
-    block_signals(&[sig]).unwrap();
-    for _ in 0..times {
-        // SAFETY: pthread_kill on the calling thread with a blocked signal.
-        let rc = unsafe { libc::pthread_kill(libc::pthread_self(), sig) };
-        assert_eq!(rc, 0);
-    }
-}
-
-fn rt(n: i32) -> i32 {
-    let s = libc::SIGRTMIN() + n;
-    assert!(s <= libc::SIGRTMAX());
-    s
-}
-
 backend_test!(realtime_signal_counts_each_delivery, |b: Backend| {
     let kq = kq(b);
     let sig = rt(1);

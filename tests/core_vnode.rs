@@ -305,8 +305,7 @@ fn watch_a_then_reuse_n_for_b(
     change(kq, &[ev(n, V, Flags::ADD | flags, ALL, 0, udata)]);
     let fb = File::open(bp.path()).unwrap();
     // fa's number is taken over by B: A's fd is closed.
-    std::mem::forget(fa);
-    let reused = dup_onto(&fb, n as i32);
+    let reused = reuse_number(fa, &fb);
     drop(fb);
     (a, bp, reused, n)
 }
@@ -366,8 +365,7 @@ backend_test!(
         assert_eq!(expect_event(&kq, n, V).fflags, note::WRITE);
         assert_eq!(expect_event(&kq, n, V).fflags, note::WRITE);
         let fb = File::open(bp.path()).unwrap();
-        std::mem::forget(fa);
-        let reused = dup_onto(&fb, n as i32);
+        let reused = reuse_number(fa, &fb);
         drop(fb);
         expect_none(&kq, n, V);
         assert_errno(
@@ -396,8 +394,7 @@ backend_test!(
         let other = TempPath::new("vn-stale-other");
         std::fs::write(other.path(), b"o").unwrap();
         let fo = File::open(other.path()).unwrap();
-        std::mem::forget(fd_dir);
-        let reused = dup_onto(&fo, n as i32);
+        let reused = reuse_number(fd_dir, &fo);
         drop(fo);
         let entry = d.path().join("entry");
         std::fs::write(&entry, b"e").unwrap();

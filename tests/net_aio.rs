@@ -17,14 +17,7 @@ use std::time::{Duration, Instant};
 backends_complete_test!();
 
 fn queue(b: Backend) -> (kevent::Kqueue, Aio) {
-    let (aio, storage) = Aio::new();
-    let kq = kevent::Kqueue::builder(b)
-        .unwrap()
-        .storage(storage)
-        .build()
-        .unwrap();
-    assert_eq!(kq.backend(), b);
-    (kq, aio)
+    util::aio_kq(b, Aio::new())
 }
 
 fn pair() -> (TcpStream, TcpStream) {
@@ -417,14 +410,7 @@ backend_test!(fd_number_reused_after_close, |b| {
 // ---- multishot: accept_multi, recv_pooled ---------------------------------
 
 fn pooled_queue(b: Backend, count: u16, size: u32) -> (kevent::Kqueue, Aio) {
-    let (aio, storage) = Aio::with_pool(count, size).unwrap();
-    let kq = kevent::Kqueue::builder(b)
-        .unwrap()
-        .storage(storage)
-        .build()
-        .unwrap();
-    assert_eq!(kq.backend(), b);
-    (kq, aio)
+    util::aio_kq(b, Aio::with_pool(count, size).unwrap())
 }
 
 /// One result of a multishot op, its bytes copied out; `buf` is kept

@@ -25,15 +25,6 @@ const CHILD: &str = "KEVENT_AIO_SYSCALL_CHILD";
 /// Setup and teardown: the queue, its backend, the pool, the harness.
 const SLACK: u64 = 40;
 
-/// Bytes queued on `s` (`FIONREAD`: no `recv` of its own to count).
-fn queued(s: &TcpStream) -> i32 {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int to the pointer given.
-    let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &mut n) };
-    assert_eq!(rc, 0);
-    n
-}
-
 /// Take the results of multishot `op` until its last one; returns
 /// (bytes received, last result).
 fn drain(kq: &kevent::Kqueue, aio: &Aio, op: u64, want: usize) -> (usize, Option<i64>) {
@@ -60,12 +51,7 @@ fn drain(kq: &kevent::Kqueue, aio: &Aio, op: u64, want: usize) -> (usize, Option
 }
 
 fn connection_loop(backend: Backend) {
-    let (aio, storage) = Aio::with_pool(64, 2048).unwrap();
-    let kq = kevent::Kqueue::builder(backend)
-        .unwrap()
-        .storage(storage)
-        .build()
-        .unwrap();
+    let (kq, aio) = util::aio_kq(backend, Aio::with_pool(64, 2048).unwrap());
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let mut numbers = std::collections::HashSet::new();
     for i in 0..ROUNDS {
@@ -75,7 +61,8 @@ fn connection_loop(backend: Backend) {
         numbers.insert(s.as_raw_fd());
         c.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while queued(&s) < 18 {
+        // FIONREAD: no `recv` of its own to count.
+        while util::fionread(&s) < 18 {
             assert!(Instant::now() < deadline, "request never arrived");
             std::thread::yield_now();
         }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use kevent::kevent_net::source::payload;
 use kevent::kevent_net::{
-    channel, wait_in, BufferPool, ChannelConsumer, Classifier, PacketDesc, PacketSource,
+    channel, wait_in, BufferPool, ChannelConsumer, Classifier, PacketDesc, PacketSource, Producer,
 };
 use kevent::{Backend, Kevent};
 
@@ -24,6 +24,17 @@ backends_complete_test!();
 
 const ROUNDS: u64 = 40;
 const BURST: usize = 32;
+
+/// Push all of `burst`, yielding while the ring is full.
+fn push_all(tx: &mut Producer, burst: &[PacketDesc]) {
+    let mut sent = 0;
+    while sent < burst.len() {
+        sent += tx.push_slice(&burst[sent..]);
+        if sent < burst.len() {
+            thread::yield_now();
+        }
+    }
+}
 
 backend_test!(at_most_one_wakeup_per_burst_while_asleep, |b: Backend| {
     let (mut tx, rx) = channel(256).unwrap();
@@ -141,13 +152,7 @@ backend_test!(alternating_sleep_and_run_under_steady_load, |b: Backend| {
             for (k, d) in burst.iter_mut().enumerate() {
                 *d = PacketDesc::new(0, 0, n * B + k as u64);
             }
-            let mut sent = 0;
-            while sent < burst.len() {
-                sent += tx.push_slice(&burst[sent..]);
-                if sent < burst.len() {
-                    thread::yield_now();
-                }
-            }
+            push_all(&mut tx, &burst);
             thread::sleep(Duration::from_micros(100));
         }
         tx.wake_syscalls()
@@ -235,13 +240,7 @@ backend_test!(a_million_descriptors_through_wait_in, |b: Backend| {
             } else {
                 burst.clear();
                 burst.extend((0..k).map(|i| PacketDesc::new(0, 0, next + i)));
-                let mut sent = 0;
-                while sent < burst.len() {
-                    sent += tx.push_slice(&burst[sent..]);
-                    if sent < burst.len() {
-                        thread::yield_now();
-                    }
-                }
+                push_all(&mut tx, &burst);
             }
             next += k;
             if rng & 0x3f00 == 0 {

@@ -59,10 +59,7 @@ backend_test!(close_without_delete_releases_the_socket, |b: Backend| {
     assert_eq!(read_avail(&s), 4);
     // Close the socket without EV_DELETE: the number goes straight to a
     // Unix socket (dup2, so no other test thread can take it between).
-    let (a2, p2) = socketpair();
-    std::mem::forget(s);
-    let reused = dup_onto(&a2, n);
-    drop(a2);
+    let (reused, p2) = reuse_by_socketpair(s);
     // The TCP socket is gone: the peer gets its FIN promptly.
     match time_to_eof(&c, Duration::from_secs(3)) {
         Some(took) => eprintln!("{b:?}: peer saw EOF after {took:?}"),
@@ -109,10 +106,7 @@ backend_test!(
             })
         };
         std::thread::sleep(Duration::from_millis(50));
-        let (a2, _p2) = socketpair();
-        std::mem::forget(s);
-        let reused = dup_onto(&a2, n);
-        drop(a2);
+        let (reused, _p2) = reuse_by_socketpair(s);
         let took = time_to_eof(&c, Duration::from_secs(3));
         kq.trigger(1).unwrap();
         assert!(

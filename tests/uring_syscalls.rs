@@ -8,7 +8,6 @@ mod util;
 use kevent::{Backend, Filter, Flags, Kevent, Kqueue};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 const ROUNDS: usize = 2000;
@@ -18,9 +17,7 @@ const CHILD: &str = "KEVENT_SYSCALL_CHILD";
 /// event, read the byte.
 fn edge_loop(backend: Backend) {
     let kq = Kqueue::with_backend(backend).expect("queue");
-    let (a, b) = UnixStream::pair().unwrap();
-    a.set_nonblocking(true).unwrap();
-    b.set_nonblocking(true).unwrap();
+    let (a, b) = util::socketpair();
     let fd = b.as_raw_fd() as u64;
     let mut out = [Kevent::default(); 4];
     kq.kevent(
@@ -46,7 +43,7 @@ fn edge_loop(backend: Backend) {
     }
 }
 
-fn count(_backend: Backend, tag: &str) -> std::collections::HashMap<String, u64> {
+fn count(tag: &str) -> std::collections::HashMap<String, u64> {
     util::strace_child("one_enter_per_kevent", CHILD, tag)
 }
 
@@ -57,15 +54,16 @@ fn one_enter_per_kevent() {
         Ok("epoll") => return edge_loop(Backend::Epoll),
         _ => {}
     }
-    let uring = count(Backend::IoUring, "uring");
-    let enters = uring.get("io_uring_enter").copied().unwrap_or(0);
+    let uring = count("uring");
+    let get = |k: &str| uring.get(k).copied().unwrap_or(0);
+    let enters = get("io_uring_enter");
+    let waits = get("epoll_pwait2") + get("epoll_wait");
     eprintln!(
-        "io_uring, {ROUNDS} rounds: io_uring_enter={enters} read={} write={} ioctl={} epoll_ctl={} epoll_wait={}",
-        uring.get("read").copied().unwrap_or(0),
-        uring.get("write").copied().unwrap_or(0),
-        uring.get("ioctl").copied().unwrap_or(0),
-        uring.get("epoll_ctl").copied().unwrap_or(0),
-        uring.get("epoll_pwait2").copied().unwrap_or(0) + uring.get("epoll_wait").copied().unwrap_or(0),
+        "io_uring, {ROUNDS} rounds: io_uring_enter={enters} read={} write={} ioctl={} epoll_ctl={} epoll_wait={waits}",
+        get("read"),
+        get("write"),
+        get("ioctl"),
+        get("epoll_ctl"),
     );
     // One per kevent() plus a few for setup and the registration call.
     assert!(
@@ -73,11 +71,9 @@ fn one_enter_per_kevent() {
         "expected one io_uring_enter per kevent(): {enters} for {ROUNDS} rounds ({uring:?})"
     );
     // Readiness is collected in the ring, not by epoll_wait syscalls.
-    let waits = uring.get("epoll_pwait2").copied().unwrap_or(0)
-        + uring.get("epoll_wait").copied().unwrap_or(0);
     assert!(waits < 10, "io_uring loop called epoll_wait {waits} times");
 
-    let epoll = count(Backend::Epoll, "epoll");
+    let epoll = count("epoll");
     eprintln!(
         "epoll, {ROUNDS} rounds: epoll_pwait2={} io_uring_enter={}",
         epoll.get("epoll_pwait2").copied().unwrap_or(0),

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -474,6 +474,58 @@ pub fn dup_onto(src: &impl AsRawFd, target: RawFd) -> OwnedFd {
     assert_eq!(rc, target, "dup2: {}", io::Error::last_os_error());
     // SAFETY: `target` now holds a fresh reference owned by the result.
     unsafe { OwnedFd::from_raw_fd(target) }
+}
+
+/// Close `old` and put the file of `new` at its number (`dup2`: the close
+/// and the reuse in one step, race-free with other test threads): a number
+/// closed without `EV_DELETE` and reused. `new`'s own fd stays open.
+#[track_caller]
+pub fn reuse_number(old: impl IntoRawFd, new: &impl AsRawFd) -> OwnedFd {
+    dup_onto(new, old.into_raw_fd())
+}
+
+/// [`reuse_number`] by a new Unix socket pair: `old`'s number now names
+/// one end; returns it and the other end (the peer to write to).
+#[track_caller]
+pub fn reuse_by_socketpair(old: impl IntoRawFd) -> (OwnedFd, std::os::unix::net::UnixStream) {
+    let (a, p) = socketpair();
+    (reuse_number(old, &a), p)
+}
+
+/// A real-time signal of its own for each test (signals are per thread,
+/// but distinct numbers keep a failure's leftovers out of other tests).
+#[track_caller]
+pub fn rt(n: i32) -> i32 {
+    let s = libc::SIGRTMIN() + n;
+    assert!(s <= libc::SIGRTMAX());
+    s
+}
+
+/// Block `sig` in this thread, then send it to this thread `times` times.
+#[track_caller]
+pub fn raise(sig: i32, times: usize) {
+    kevent::block_signals(&[sig]).unwrap();
+    for _ in 0..times {
+        // SAFETY: pthread_kill on the calling thread with a blocked signal.
+        let rc = unsafe { libc::pthread_kill(libc::pthread_self(), sig) };
+        assert_eq!(rc, 0);
+    }
+}
+
+/// A queue on backend `b` with the network AIO storage `aio` (from
+/// `Aio::new` or `Aio::with_pool`) added: the queue and its `Aio` handle.
+#[track_caller]
+pub fn aio_kq(
+    b: Backend,
+    (aio, storage): (kevent::kevent_net::aio::Aio, Box<dyn kevent::Storage>),
+) -> (Kqueue, kevent::kevent_net::aio::Aio) {
+    let kq = Kqueue::builder(b)
+        .unwrap_or_else(|e| panic!("Kqueue::builder({b:?}): {e}"))
+        .storage(storage)
+        .build()
+        .unwrap_or_else(|e| panic!("build on {b:?}: {e}"));
+    assert_eq!(kq.backend(), b);
+    (kq, aio)
 }
 
 /// A unique path under the temp dir, removed (file or directory tree) on
